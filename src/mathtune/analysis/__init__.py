@@ -1,0 +1,1 @@
+"""Analysis: numbers from the run directory's files alone. Never imports torch or transformers."""

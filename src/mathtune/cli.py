@@ -1,0 +1,109 @@
+"""mathtune's command line: `run` does every stage; `train`, `eval`, `report` redo one stage of a run directory.
+
+Bad input is one line on stderr and exit code 2; Ctrl-C is exit 130 with the command that resumes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from mathtune.errors import MathtuneError
+
+
+def _threads(cfg) -> None:
+    import torch
+
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mathtune")
+def cli() -> None:
+    """Fine-tune an LLM with LoRA on GSM8K and report, with evidence, what it changed."""
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config (configs/*.yaml).")
+@click.option("--out", "out", required=True, type=click.Path(), help="Run directory, e.g. runs/demo.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out (finished stages are skipped).")
+@click.option("--force", is_flag=True, help="Delete the outputs in --out and start over.")
+@click.argument("overrides", nargs=-1)
+def run(config_path, out, resume, force, overrides) -> None:
+    """Every stage: data, train, eval (base and fine-tuned), report. OVERRIDES are key.sub=value."""
+    from mathtune.config import load_config
+    from mathtune.run import open_run, run_all
+
+    run_dir = Path(out)
+    if config_path is None:
+        if not (resume and (run_dir / "config.yaml").is_file()):
+            raise MathtuneError("--config is required (except with --resume on an existing run directory)")
+        config_path = run_dir / "config.yaml"
+    cfg = load_config(config_path, overrides)
+    _threads(cfg)
+    open_run(cfg, run_dir, resume=resume, force=force)
+    run_all(cfg, run_dir)
+
+
+def _one_stage(stage: str, run_dir: str) -> None:
+    from mathtune.run import clear_stage, require, run_stage
+
+    path = Path(run_dir)
+    cfg = require(path, stage)
+    _threads(cfg)
+    clear_stage(path, stage)
+    if stage == "train" and not (path / "data" / "test.jsonl").is_file():
+        run_stage(cfg, path, "data")
+    run_stage(cfg, path, stage)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def train(run_dir) -> None:
+    """(Re)train the adapter of RUN_DIR from its config (prepares the data if missing)."""
+    _one_stage("train", run_dir)
+
+
+@cli.command(name="eval")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def eval_(run_dir) -> None:
+    """(Re)evaluate the base and fine-tuned models of RUN_DIR."""
+    _one_stage("eval", run_dir)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def report(run_dir) -> None:
+    """(Re)write analysis.json and report.md of RUN_DIR from its files."""
+    _one_stage("report", run_dir)
+    click.echo(f"mathtune: report written to {Path(run_dir) / 'report.md'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cli.main(args=args, prog_name="mathtune", standalone_mode=False)
+    except MathtuneError as e:
+        click.echo(f"mathtune: error: {e}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        return _interrupted(args)
+    except click.ClickException as e:
+        click.echo(f"mathtune: error: {e.format_message()}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        return _interrupted(args)
+    return 0
+
+
+def _interrupted(args: list[str]) -> int:
+    out = args[args.index("--out") + 1] if "--out" in args[:-1] else "RUN_DIR"
+    click.echo(f"mathtune: interrupted; resume with: mathtune run --resume --out {out}", err=True)
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

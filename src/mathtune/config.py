@@ -1,0 +1,225 @@
+"""One typed config: YAML file + `key.sub=value` overrides, validated so that a wrong key fails with its name.
+
+The defaults are the reference study (LoRA on google/gemma-2-9b, GSM8K); configs/ holds smaller ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mathtune.errors import MathtuneError
+
+
+class _Strict(BaseModel):
+    # extra="forbid": an unknown key is an error, never silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    # A hub id, a local folder, or an embedded name: smollm2-135m-instruct, gemma3-270m, tiny-random-llama.
+    name: str = "google/gemma-2-9b"
+    # Weights dtype for loading. float32 on CPU; bfloat16 on GPUs.
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    # Gemma-2 needs eager attention for its attention-logit soft-capping.
+    attn_implementation: Optional[Literal["eager", "sdpa", "flash_attention_2"]] = "eager"
+    trust_remote_code: bool = False
+    # Prompt format: "auto" uses the tokenizer's chat template when it has one, else the plain template.
+    prompt_format: Literal["auto", "chat", "plain"] = "auto"
+    plain_template: str = "Question: {question}\nAnswer:"
+    # Appended to the question in the chat format so the model knows how to end its answer.
+    chat_instruction: str = "Solve the problem step by step. End with a final line of the form '#### <number>'."
+
+    @field_validator("plain_template")
+    @classmethod
+    def _has_question(cls, v: str) -> str:
+        if "{question}" not in v:
+            raise ValueError("must contain {question}")
+        return v
+
+
+class DataConfig(_Strict):
+    # Where training rows come from: the hub, local JSONL files in GSM8K's format, or generated offline.
+    source: Literal["hub", "jsonl", "gsm_symbolic"] = "hub"
+    hub_id: str = "openai/gsm8k"
+    hub_config: Optional[str] = "main"  # null for a local folder passed as hub_id
+    # jsonl: a folder holding train.jsonl and test.jsonl (GSM8K's original file names).
+    path: Optional[str] = None
+    # Where the test split comes from; "same" means data.source (gsm_symbolic has no test split).
+    test_source: Literal["same", "hub", "jsonl"] = "same"
+    test_path: Optional[str] = None
+    symbolic_size: int = Field(1000, gt=0)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = 42
+    # Cap on rows after the split (None = all): lets a CPU demo use a slice of the same split.
+    max_train_rows: Optional[int] = Field(None, gt=0)
+    max_val_rows: Optional[int] = Field(None, gt=0)
+    # Drop GSM8K's calculator annotations <<a*b=c>> from the training answers.
+    strip_calculator: bool = False
+
+
+class LoraSettings(_Strict):
+    r: int = Field(8, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    bias: Literal["none", "all", "lora_only"] = "none"
+    target_modules: str = "all-linear"
+
+
+class TrainConfig(_Strict):
+    epochs: float = Field(3, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    max_length: int = Field(512, gt=8)
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_steps: int = Field(-1, ge=-1)  # -1: run the epochs
+    logging_steps: int = Field(10, gt=0)
+    eval_steps: int = Field(50, gt=0)  # validation loss, early stopping and checkpoints share this interval
+    early_stopping_patience: int = Field(5, ge=0)  # 0 turns early stopping off
+    save_total_limit: int = Field(2, gt=0)
+    bf16: bool = True  # mixed precision (autocast); the weights stay in model.dtype
+    gradient_checkpointing: bool = False
+    seed: int = 42
+
+
+class EvalConfig(_Strict):
+    limit: Optional[int] = Field(None, gt=0)  # first N test questions; None = the whole test split
+    batch_size: int = Field(16, gt=0)
+    max_new_tokens: int = Field(384, gt=0)
+    base: bool = True  # evaluate the base model too, under the same protocol
+
+
+class CostConfig(_Strict):
+    # Price of the machine per hour, for the cost figures. 0 on a CPU you already own.
+    price_per_hour: float = Field(0.0, ge=0)
+    price_source: str = ""
+
+
+class RuntimeConfig(_Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = Field(None, gt=0)  # torch CPU threads; None = all cores
+
+
+class Config(_Strict):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    lora: LoraSettings = LoraSettings()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    cost: CostConfig = CostConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> "Config":
+        d = self.data
+        if d.source == "jsonl" and not d.path:
+            raise ValueError("data.path: required when data.source is jsonl")
+        test_source = d.source if d.test_source == "same" else d.test_source
+        if test_source == "gsm_symbolic":
+            raise ValueError("data.test_source: gsm_symbolic has no test split; set it to hub or jsonl")
+        if test_source == "jsonl" and not (d.test_path or d.path):
+            raise ValueError("data.test_path: required when the test split comes from jsonl")
+        return self
+
+
+def _format_error(e: ValidationError, origin: str) -> str:
+    parts = []
+    for err in e.errors():
+        key = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        parts.append(f"{key}: {msg}{got}" if key else f"{msg}{got}")
+    return f"{origin}: " + "; ".join(parts)
+
+
+_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """`train.epochs=1` -> (["train", "epochs"], 1). The value is read as YAML, so 1e-4, true, null work."""
+    if "=" not in text:
+        raise MathtuneError(f"override {text!r}: expected key.sub=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(p.isidentifier() for p in parts):
+        raise MathtuneError(f"override {text!r}: {key!r} is not a key like train.epochs")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _EXPONENT.match(value):
+        value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; people write learning rates so
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise MathtuneError(f"override {text!r}: {p} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def build_config(raw: dict, origin: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise MathtuneError(_format_error(e, origin)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    raw: dict = {}
+    origin = "config"
+    if path is not None:
+        path = Path(path)
+        origin = str(path)
+        if not path.is_file():
+            raise MathtuneError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise MathtuneError(f"{path}{where}: YAML syntax error ({getattr(e, 'problem', e)})") from None
+        except UnicodeDecodeError:
+            raise MathtuneError(f"{path}: not UTF-8 text") from None
+        if not isinstance(raw, dict):
+            raise MathtuneError(f"{path}: expected a mapping of sections (model, data, train, ...)")
+    raw = apply_overrides(raw, list(overrides))
+    return build_config(raw, origin)
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_hash(cfg: Config) -> str:
+    text = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def diff_keys(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ between two configs (to refuse resuming with another config)."""
+    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
+    out = []
+    for section in da:
+        for key in da[section]:
+            if da[section][key] != db[section][key]:
+                out.append(f"{section}.{key}")
+    return out

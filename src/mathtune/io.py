@@ -1,0 +1,109 @@
+"""Files of the run directory: atomic writes, JSONL read/append with line-numbered errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from mathtune.errors import MathtuneError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def atomic_write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def atomic_replace_dir(tmp_dir: Path, final_dir: Path) -> None:
+    """Move a fully written folder into place, replacing any older one."""
+    if final_dir.exists():
+        old = final_dir.with_name(final_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final_dir, old)
+        os.replace(tmp_dir, final_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, final_dir)
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise MathtuneError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MathtuneError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_jsonl(path: Path, drop_torn_tail: bool = False) -> list[dict]:
+    """Read a JSONL file; a bad line is an error naming the file and line.
+
+    drop_torn_tail: a file we append to may end in half a line after a crash; drop it instead of failing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MathtuneError(f"{path}: file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MathtuneError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    lines = text.split("\n")
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            is_tail = i == len(lines) and not text.endswith("\n")
+            if drop_torn_tail and is_tail:
+                break
+            raise MathtuneError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise MathtuneError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    """Append one row and flush it to disk, so a crash loses at most the line being written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def repair_jsonl(path: Path) -> list[dict]:
+    """Rewrite an appended JSONL file without its torn last line (after a crash); return its rows."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = read_jsonl(path, drop_torn_tail=True)
+    if not path.read_text(encoding="utf-8").endswith("\n") and path.stat().st_size:
+        atomic_write_jsonl(path, rows)
+    return rows

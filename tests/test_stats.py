@@ -1,0 +1,17 @@
+import pytest
+from scipy.stats import binom
+
+from mathtune.evaluate.stats import mcnemar_exact, wilson_ci
+
+
+def test_wilson_matches_the_textbook_formula():
+    # Wilson (1927) score interval, written out: p=0.8, n=10, z=1.959964 -> (0.4902, 0.9433) (Newcombe 1998).
+    lo, hi = wilson_ci(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    assert wilson_ci(0, 0) == (0.0, 1.0)
+
+
+def test_mcnemar_exact_is_a_binomial_test_on_discordant_pairs():
+    # 2 vs 8 discordant pairs: p = 2 * P(X <= 2), X ~ Bin(10, 0.5) = 0.109375
+    assert mcnemar_exact(2, 8) == pytest.approx(2 * binom.cdf(2, 10, 0.5))
+    assert mcnemar_exact(0, 0) == 1.0
