@@ -117,3 +117,20 @@ def test_stages_rerun_alone(run_dir):
     res = mathtune("eval", run_dir)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(read_jsonl(run_dir / "predictions" / "finetuned.jsonl")) == 6
+
+
+def test_eval_resumes_from_answered_questions(run_dir):
+    final = run_dir / "predictions" / "finetuned.jsonl"
+    rows = read_jsonl(final)
+    partial = run_dir / "predictions" / "finetuned.partial.jsonl"
+    kept = [dict(r, completion="kept from before the crash") for r in rows[:3]]
+    partial.write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"id": "test-3", "quest')  # torn line
+    final.unlink()
+    res = mathtune("run", "--resume", "--out", run_dir)
+    assert res.returncode == 0, res.stderr[-2000:]
+    after = read_jsonl(final)
+    assert [r["id"] for r in after] == [r["id"] for r in rows]
+    assert [r["completion"] for r in after[:3]] == ["kept from before the crash"] * 3  # not generated again
+    assert after[3:] == rows[3:]  # greedy: the rest is generated again, identically
+    assert not partial.exists()
+    assert "report ..." in res.stdout  # the report after a redone stage is stale: rendered again

@@ -63,6 +63,12 @@ class DataConfig(_Strict):
     # Drop GSM8K's calculator annotations <<a*b=c>> from the training answers.
     strip_calculator: bool = False
 
+    @field_validator("path", "test_path")
+    @classmethod
+    def _absolute(cls, v: Optional[str]) -> Optional[str]:
+        # Resolved against the working directory once, so the run's saved config works from anywhere.
+        return str(Path(v).expanduser().resolve()) if v else v
+
 
 class LoraSettings(_Strict):
     r: int = Field(8, gt=0)

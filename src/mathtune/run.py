@@ -56,6 +56,7 @@ def environment() -> dict:
 
         if torch.cuda.is_available():
             env["gpu"] = torch.cuda.get_device_name(0)
+            env["gpu_count"] = torch.cuda.device_count()
     except ImportError:
         pass
     return env
@@ -85,7 +86,9 @@ def open_run(cfg: Config, run_dir: Path, resume: bool, force: bool) -> None:
     atomic_write_text(saved, config_to_yaml(cfg))
     info = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() and not force else {}
     info.setdefault("started", _now())
-    info.update(config_hash=config_hash(cfg), git_commit=git_commit(), environment=environment())
+    env = environment()
+    device = cfg.runtime.device if cfg.runtime.device != "auto" else ("cuda" if env["gpu"] else "cpu")
+    info.update(config_hash=config_hash(cfg), git_commit=git_commit(), device=device, environment=env)
     info.setdefault("stages", {})
     atomic_write_json(run_dir / "run.json", info)
 
@@ -154,10 +157,12 @@ def require(run_dir: Path, stage: str) -> Config:
 
 
 def run_all(cfg: Config, run_dir: Path) -> None:
+    redo = False  # once a stage runs, the stages after it are stale and run too
     for stage in STAGES:
-        if stage_done(cfg, run_dir, stage):
+        if not redo and stage_done(cfg, run_dir, stage):
             print(f"mathtune: {stage}: already done, skipped")
             continue
+        redo = True
         print(f"mathtune: {stage} ...")
         run_stage(cfg, run_dir, stage)
     print(f"mathtune: report written to {run_dir / 'report.md'}")

@@ -12,7 +12,7 @@ from mathtune.io import read_jsonl
 def from_jsonl(path: Path, split: str) -> list[dict]:
     """GSM8K's original files: one {"question", "answer"} object per line."""
     path = Path(path)
-    if path.is_dir():
+    if path.suffix != ".jsonl":  # a folder in GSM8K's layout
         path = path / f"{split}.jsonl"
     raw = read_jsonl(path)
     if not raw:

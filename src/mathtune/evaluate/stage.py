@@ -6,7 +6,6 @@ resumes with the questions not yet answered; the complete file is renamed to NAM
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from mathtune.data.format import encode_prompt, prompt_format
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.extract import extract_answer, is_correct
 from mathtune.evaluate.generate import generate
-from mathtune.io import append_jsonl, atomic_write_json, read_json, read_jsonl, repair_jsonl
+from mathtune.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, repair_jsonl
 from mathtune.models import first_line, load_model, load_tokenizer, pick_device
 
 STOP_STRINGS = {"plain": ["\nQuestion:"], "chat": []}
@@ -74,7 +73,8 @@ def evaluate_model(cfg, run_dir: Path, name: str, tokenizer, fmt: str, device: s
     rows = [by_id[r["id"]] for r in test]
     if len(rows) != len(by_id):
         raise MathtuneError(f"{partial}: rows do not match {run_dir / 'data' / 'test.jsonl'}; rerun with --force")
-    os.replace(partial, out_dir / f"{name}.jsonl")
+    atomic_write_jsonl(out_dir / f"{name}.jsonl", rows)
+    partial.unlink()
     seconds = time.time() - start
     n_correct = sum(r["correct"] for r in rows)
     return {
