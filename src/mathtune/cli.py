@@ -26,7 +26,7 @@ def cli() -> None:
     """Fine-tune an LLM with LoRA on GSM8K and report, with evidence, what it changed."""
 
 
-@cli.command(context_settings={"ignore_unknown_options": False})
+@cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config (configs/*.yaml).")
 @click.option("--out", "out", required=True, type=click.Path(), help="Run directory, e.g. runs/demo.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out (finished stages are skipped).")
@@ -80,6 +80,19 @@ def report(run_dir) -> None:
     """(Re)write analysis.json and report.md of RUN_DIR from its files."""
     _one_stage("report", run_dir)
     click.echo(f"mathtune: report written to {Path(run_dir) / 'report.md'}")
+
+
+@cli.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("--out", "dst", required=True, type=click.Path(dir_okay=False), help="Graded JSONL to write.")
+def grade(src, dst) -> None:
+    """Grade SRC (JSONL rows with `completion` and `reference`): adds extracted, correct, strict_correct."""
+    from mathtune.evaluate.score import grade_file
+
+    s = grade_file(Path(src), Path(dst))
+    n = max(s["n"], 1)
+    click.echo(f"{s['n']} rows: accuracy {s['correct']}/{s['n']} = {100 * s['correct'] / n:.1f}%; "
+               f"strict (lm-eval strict-match) {s['strict_correct']}/{s['n']} = {100 * s['strict_correct'] / n:.1f}%")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,15 @@
 """Final-answer extraction and exact comparison. Plain code, no torch: the analysis uses it too.
 
-Precedence, first match wins (and why):
-1. `#### N`: the format the model is trained and instructed to end with, and GSM8K's own; it is the most
-   deliberate statement of an answer, so it beats any number written after it.
-2. `\\boxed{N}`, then "answer is N" / "Answer: N" / "Final answer: N": explicit answer markers other models use.
-3. The last number in the text, after cutting the completion at a new "Question:" (a model that goes on
-   to write a new problem has finished its answer; that continuation's numbers are not the answer).
+Precedence, first rule that finds a number wins (and why):
+1. The first `#### N`: the format the model is trained and instructed to end with, and GSM8K's own, where
+   it is the last line; whatever a model writes after its first `#### N` is a continuation (real SmolLM2
+   outputs repeat `#### N` lines until the token limit cuts the last one mid-number).
+2. The last `\boxed{N}`, then the last "answer is N" / "Answer: N" / "A: N": explicit answer statements;
+   the last one, because models restate and correct themselves ("the answer is 6 items * $16.50 = $98.
+   So, the answer is 98.").
+3. The last number in the text.
+Before matching, the completion is cut at a chat end token or at a new "Question:" line: a model that
+goes on to write a new problem has finished its answer, and that continuation's numbers are not the answer.
 Numbers are compared exactly as fractions.Fraction: 3.0 == 3, 7.50 == 7.5, 1,000 == 1000; never floats, never eval.
 """
 
@@ -20,7 +24,9 @@ NUM = r"[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|[-−]?\.\d+"
 _NUM_RE = re.compile(NUM)
 _HASHES = re.compile(r"####\s*\$?\s*(" + NUM + ")")
 _BOXED = re.compile(r"\\boxed\{\s*\\?\$?\s*(" + NUM + r")\s*\}")
-_MARKED = re.compile(r"(?:answer is|answer:|answer =)\s*\$?\s*\**\s*\$?(" + NUM + ")", re.IGNORECASE)
+_MARKED = re.compile(
+    r"(?:answer is|answer:|answer =|^\s*A:)\s*[$*\\(]*\s*\$?(" + NUM + ")", re.IGNORECASE | re.MULTILINE
+)
 _CONTINUATION = re.compile(r"\n\s*Question:")
 # Chat end tokens some models print as text when decoding keeps special tokens.
 _END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<eos>", "</s>", "<|eot_id|>")
@@ -69,12 +75,15 @@ def canonical(value: Fraction) -> str:
 def extract_answer(completion: str) -> str | None:
     """The completion's final answer as a canonical number string, or None when it gives no number."""
     text = cut_continuation(completion)
-    for pattern in (_HASHES, _BOXED, _MARKED):
-        m = pattern.search(text)
-        if m:
-            value = to_fraction(m.group(1))
-            if value is not None:
-                return canonical(value)
+    first = _HASHES.search(text)
+    candidates = [first.group(1)] if first else []
+    for pattern in (_BOXED, _MARKED):
+        found = pattern.findall(text)
+        candidates.append(found[-1] if found else None)
+    for candidate in candidates:
+        value = to_fraction(candidate)
+        if value is not None:
+            return canonical(value)
     for match in reversed(_NUM_RE.findall(text)):
         value = to_fraction(match)
         if value is not None:
