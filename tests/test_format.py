@@ -4,7 +4,8 @@ import datasets
 import pytest
 
 from mathtune.config import load_config
-from mathtune.data.format import encode_prompt, prompt_format, sft_example
+from mathtune.data.format import prompt_format, sft_example
+from mathtune.evaluate.protocols import PROTOCOLS, encode_prompt
 from mathtune.models import load_model, load_tokenizer
 from mathtune.train.stage import lora_config, sft_args
 
@@ -25,7 +26,7 @@ def test_training_tokens_are_prompt_then_answer_then_eos(tmp_path, fmt, gsm8k):
                          train_dataset=ds, eval_dataset=ds, processing_class=tok, peft_config=lora_config(cfg.lora))
     item = trainer.train_dataset[0]
     ids, labels = item["input_ids"], item["labels"]
-    prompt = encode_prompt(tok, ROW["question"], fmt, cfg.model)
+    prompt = encode_prompt(tok, PROTOCOLS[fmt], ROW["question"], [], cfg.model)
     assert ids[: len(prompt)] == prompt  # evaluation sees what training saw
     assert all(x == -100 for x in labels[: len(prompt)])  # no loss on the prompt
     answer = [x for x in labels if x != -100]

@@ -68,10 +68,41 @@ def train(run_dir) -> None:
 
 
 @cli.command(name="eval")
-@click.argument("run_dir", type=click.Path(file_okay=False))
-def eval_(run_dir) -> None:
-    """(Re)evaluate the base and fine-tuned models of RUN_DIR."""
-    _one_stage("eval", run_dir)
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--model", help="Evaluate this model alone (hub id, folder or embedded name) instead of a run.")
+@click.option("--adapter", type=click.Path(file_okay=False), help="A PEFT adapter folder to apply to --model.")
+@click.option("--protocol", help="chat, plain, few-shot (lm-eval gsm8k) or few-shot-cot (lm-eval gsm8k_cot).")
+@click.option("--limit", help="Only the first N questions.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--data", help="A folder with train.jsonl/test.jsonl, or a hub dataset id (default openai/gsm8k).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config for the other settings.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Predictions JSONL to write (with --model).")
+@click.argument("overrides", nargs=-1)
+def eval_(run_dir, model, adapter, protocol, limit, split, data, config_path, out, overrides) -> None:
+    """Re-evaluate RUN_DIR, or evaluate any --model on its own (like lm-eval) into --out."""
+    if run_dir and "=" in run_dir:  # `eval --model M ... key=value`: the first override lands in RUN_DIR
+        run_dir, overrides = None, (run_dir, *overrides)
+    if model is None:
+        if run_dir is None:
+            raise MathtuneError("give a RUN_DIR, or --model and --out to evaluate a model on its own")
+        _one_stage("eval", run_dir)
+        return
+    from mathtune.config import load_config
+    from mathtune.evaluate.stage import eval_standalone
+
+    if out is None:
+        raise MathtuneError("--out is required with --model")
+    extra = [f"model.name={model}"]
+    extra += [f"eval.protocol={protocol}"] if protocol else []
+    extra += [f"eval.limit={limit}"] if limit is not None else []
+    if data:
+        is_local = Path(data).exists()
+        extra += ["data.source=jsonl", f"data.path={data}"] if is_local else ["data.source=hub", f"data.hub_id={data}"]
+    cfg = load_config(config_path, [*extra, *overrides])
+    _threads(cfg)
+    s = eval_standalone(cfg, Path(adapter) if adapter else None, split, Path(out))
+    click.echo(f"{cfg.model.name}: {s['correct']}/{s['n']} correct ({100 * s['accuracy']:.1f}%), "
+               f"strict {s['strict_correct']}/{s['n']}, protocol {s['protocol']}; wrote {out}")
 
 
 @cli.command()

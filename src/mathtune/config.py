@@ -98,6 +98,8 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    # auto: the format the model was fine-tuned in (chat or plain); or few-shot / few-shot-cot (lm-eval's).
+    protocol: Literal["auto", "chat", "plain", "few-shot", "few-shot-cot"] = "auto"
     limit: Optional[int] = Field(None, gt=0)  # first N test questions; None = the whole test split
     batch_size: int = Field(16, gt=0)
     max_new_tokens: int = Field(384, gt=0)

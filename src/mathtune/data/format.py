@@ -1,4 +1,4 @@
-"""Prompts: one definition shared by training and evaluation, so the model is tested in the format it learned.
+"""Training prompts: the two formats a model is fine-tuned in (evaluate/protocols.py renders the same ones).
 
 chat:  the tokenizer's chat template, the question (plus an instruction) as the user turn.
 plain: a text template for base models, `Question: {question}\nAnswer:` by default.
@@ -35,17 +35,3 @@ def sft_example(row: dict, fmt: str, model_cfg) -> dict:
             "completion": [{"role": "assistant", "content": row["answer"]}],
         }
     return {"prompt": model_cfg.plain_template.format(question=row["question"]), "completion": " " + row["answer"]}
-
-
-def encode_prompt(tokenizer, question: str, fmt: str, model_cfg) -> list[int]:
-    """Token ids of the prompt exactly as TRL tokenizes it in training (tests/test_format.py checks this).
-
-    plain: tokenizer(text) adds BOS where the model's tokenizer is set to (Gemma's is).
-    chat:  apply_chat_template renders the special tokens itself, so nothing is added twice.
-    """
-    if fmt == "chat":
-        out = tokenizer.apply_chat_template(
-            user_turn(question, model_cfg), add_generation_prompt=True, tokenize=True, return_dict=True
-        )
-        return list(out["input_ids"])
-    return list(tokenizer(model_cfg.plain_template.format(question=question))["input_ids"])

@@ -1,7 +1,7 @@
-"""Evaluation stage: base model and base+adapter, same prompts, same decoding -> predictions/*.jsonl.
+"""Evaluation: base model and base+adapter, same protocol, same decoding -> predictions/*.jsonl.
 
-Each finished question is appended to predictions/NAME.partial.jsonl at once, so a crashed evaluation
-resumes with the questions not yet answered; the complete file is renamed to NAME.jsonl at the end.
+Each finished question is appended to NAME.partial.jsonl at once, so a crashed evaluation resumes with
+the questions not yet answered; the complete file is written in test-split order at the end.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mathtune.data.format import encode_prompt, prompt_format
+from mathtune.data.format import prompt_format
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.extract import extract_answer, is_correct
 from mathtune.evaluate.generate import generate
+from mathtune.evaluate.protocols import Protocol, encode_prompt, get_protocol, pick_shots, strict_pattern
+from mathtune.evaluate.score import strict_correct
 from mathtune.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, repair_jsonl
 from mathtune.models import first_line, load_model, load_tokenizer, pick_device
-
-STOP_STRINGS = {"plain": ["\nQuestion:"], "chat": []}
 
 
 def is_done(run_dir: Path, cfg) -> bool:
@@ -24,34 +24,46 @@ def is_done(run_dir: Path, cfg) -> bool:
     return (run_dir / "eval.json").is_file() and all((run_dir / "predictions" / f"{n}.jsonl").is_file() for n in names)
 
 
-def load_for_eval(cfg, run_dir: Path, name: str, device: str):
+def load_for_eval(cfg, adapter: Path | None, device: str):
     model = load_model(cfg.model, device)
-    if name == "finetuned":
+    if adapter is not None:
         from peft import PeftModel
 
-        adapter = run_dir / "adapter"
         if not (adapter / "adapter_config.json").is_file():
-            raise MathtuneError(f"{adapter}: no adapter; run `mathtune train {run_dir}` first")
+            raise MathtuneError(f"{adapter}: no adapter_config.json (not a PEFT adapter folder)")
         try:
+            # Merged for speed: generation then runs the plain model's kernels.
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         except (ValueError, RuntimeError, KeyError) as e:
             raise MathtuneError(f"{adapter}: does not match model {cfg.model.name} ({first_line(e)})") from None
     return model.eval()
 
 
-def evaluate_model(cfg, run_dir: Path, name: str, tokenizer, fmt: str, device: str) -> dict:
-    test = read_jsonl(run_dir / "data" / "test.jsonl")
-    out_dir = run_dir / "predictions"
-    partial = out_dir / f"{name}.partial.jsonl"
+def resolve_protocol(cfg, tokenizer) -> Protocol:
+    name = cfg.eval.protocol
+    return get_protocol(prompt_format(cfg.model, tokenizer) if name == "auto" else name)
+
+
+def shots_for(protocol: Protocol, cfg) -> list[tuple[str, str]]:
+    if protocol.shots != "train":
+        return pick_shots(protocol, None)
+    from mathtune.data.stage import load_train_rows
+
+    return pick_shots(protocol, load_train_rows(cfg.data))
+
+
+def predict(cfg, tokenizer, protocol: Protocol, shots, test: list[dict], adapter: Path | None, out: Path) -> dict:
+    """Answer every test row into `out` (JSONL), resuming from `out`.partial.jsonl; return a summary."""
+    partial = out.with_name(out.stem + ".partial.jsonl")
     done = {r["id"] for r in repair_jsonl(partial)}
     todo = [r for r in test if r["id"] not in done]
-    start = time.time()
-    generated = 0
+    start, generated = time.time(), 0
+    pattern = strict_pattern(protocol)
     if todo:
-        model = load_for_eval(cfg, run_dir, name, device)
-        prompts = [encode_prompt(tokenizer, r["question"], fmt, cfg.model) for r in todo]
+        model = load_for_eval(cfg, adapter, pick_device(cfg.runtime.device))
+        prompts = [encode_prompt(tokenizer, protocol, r["question"], shots, cfg.model) for r in todo]
         e = cfg.eval
-        stream = generate(model, tokenizer, prompts, e.batch_size, e.max_new_tokens, STOP_STRINGS[fmt], desc=name)
+        stream = generate(model, tokenizer, prompts, e.batch_size, e.max_new_tokens, protocol.stop, desc=out.stem)
         for i, completion, n_tokens, truncated in stream:
             row = todo[i]
             extracted = extract_answer(completion)
@@ -63,17 +75,17 @@ def evaluate_model(cfg, run_dir: Path, name: str, tokenizer, fmt: str, device: s
                 "completion": completion,
                 "extracted": extracted,
                 "correct": is_correct(extracted, row["answer"]),
+                "strict_correct": strict_correct(completion, row["answer"], pattern),
                 "generated_tokens": n_tokens,
                 "truncated": truncated,
-                "protocol": fmt,
+                "protocol": protocol.name,
             })
         del model
-    # Order rows as in the test split, whatever order the batches finished in.
-    by_id = {r["id"]: r for r in read_jsonl(partial)}
-    rows = [by_id[r["id"]] for r in test]
-    if len(rows) != len(by_id):
-        raise MathtuneError(f"{partial}: rows do not match {run_dir / 'data' / 'test.jsonl'}; rerun with --force")
-    atomic_write_jsonl(out_dir / f"{name}.jsonl", rows)
+    by_id = {r["id"]: r for r in read_jsonl(partial)} if partial.exists() else {}
+    if set(by_id) != {r["id"] for r in test}:
+        raise MathtuneError(f"{partial}: its questions do not match the test rows; delete it or rerun with --force")
+    rows = [by_id[r["id"]] for r in test]  # test-split order, whatever order the batches finished in
+    atomic_write_jsonl(out, rows)
     partial.unlink()
     seconds = time.time() - start
     n_correct = sum(r["correct"] for r in rows)
@@ -81,29 +93,53 @@ def evaluate_model(cfg, run_dir: Path, name: str, tokenizer, fmt: str, device: s
         "n": len(rows),
         "correct": n_correct,
         "accuracy": n_correct / len(rows) if rows else 0.0,
-        "protocol": fmt,
+        "strict_correct": sum(r["strict_correct"] for r in rows),
+        "protocol": protocol.name,
         "seconds": round(seconds, 2),
         "generated_tokens": generated,
         "tokens_per_s": round(generated / seconds, 2) if generated and seconds else None,
     }
 
 
-def run_eval(cfg, run_dir: Path) -> dict:
-    device = pick_device(cfg.runtime.device)
+def _tokenizer(cfg):
     tokenizer = load_tokenizer(cfg.model)
     tokenizer.padding_side = "left"
-    fmt = prompt_format(cfg.model, tokenizer)
-    names = (["base"] if cfg.eval.base else []) + ["finetuned"]
+    return tokenizer
+
+
+def run_eval(cfg, run_dir: Path) -> dict:
+    tokenizer = _tokenizer(cfg)
+    protocol = resolve_protocol(cfg, tokenizer)
+    shots = shots_for(protocol, cfg)
+    test = read_jsonl(run_dir / "data" / "test.jsonl")
+    adapters = ({"base": None} if cfg.eval.base else {}) | {"finetuned": run_dir / "adapter"}
     previous = read_json(run_dir / "eval.json") if (run_dir / "eval.json").is_file() else {}
     summary = {}
-    for name in names:
-        final = run_dir / "predictions" / f"{name}.jsonl"
-        if final.is_file() and name in previous:
+    for name, adapter in adapters.items():
+        out = run_dir / "predictions" / f"{name}.jsonl"
+        if out.is_file() and name in previous:
             summary[name] = previous[name]  # finished before a resume
             continue
-        summary[name] = evaluate_model(cfg, run_dir, name, tokenizer, fmt, device)
-        print(f"mathtune: {name}: {summary[name]['correct']}/{summary[name]['n']} correct "
-              f"({100 * summary[name]['accuracy']:.1f}%)")
+        if adapter is not None and not (adapter / "adapter_config.json").is_file():
+            raise MathtuneError(f"{adapter}: no adapter; run `mathtune train {run_dir}` first")
+        summary[name] = predict(cfg, tokenizer, protocol, shots, test, adapter, out)
+        s = summary[name]
+        print(f"mathtune: {name}: {s['correct']}/{s['n']} correct ({100 * s['accuracy']:.1f}%), protocol {protocol.name}")
         atomic_write_json(run_dir / "eval.json", {**previous, **summary})
     return summary
 
+
+def eval_standalone(cfg, adapter: Path | None, split: str, out: Path) -> dict:
+    """`mathtune eval --model M ...`: any model, any protocol, on a split of the configured data source."""
+    from mathtune.data.stage import load_test_rows, load_train_rows
+
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        raise MathtuneError(f"{adapter}: no adapter_config.json (not a PEFT adapter folder)")
+    rows = load_test_rows(cfg.data) if split == "test" else load_train_rows(cfg.data)
+    rows = rows[: cfg.eval.limit]
+    tokenizer = _tokenizer(cfg)
+    protocol = resolve_protocol(cfg, tokenizer)
+    summary = predict(cfg, tokenizer, protocol, shots_for(protocol, cfg), rows, adapter, out)
+    atomic_write_json(out.with_suffix(".summary.json"), {"model": cfg.model.name, "adapter": str(adapter or ""),
+                                                          "split": split, **summary})
+    return summary

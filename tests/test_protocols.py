@@ -1,0 +1,88 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mathtune.config import load_config
+from mathtune.data.sources import from_jsonl
+from mathtune.errors import MathtuneError
+from mathtune.evaluate.protocols import COT_EXEMPLARS, PROTOCOLS, encode_prompt, get_protocol, pick_shots, render_plain
+from mathtune.io import read_jsonl
+
+from conftest import ROOT
+
+Q = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+
+
+def test_few_shot_is_lm_eval_gsm8k(gsm8k):
+    p = PROTOCOLS["few-shot"]
+    train = from_jsonl(gsm8k, "train")
+    shots = pick_shots(p, train)
+    assert len(shots) == 5 and shots == pick_shots(p, train)  # fixed, seeded
+    assert all((q, a) in {(r["question"], r["answer"]) for r in train} for q, a in shots)
+    text = render_plain(p, Q, shots, "unused {question}")
+    blocks = text.split("\n\n")
+    assert len(blocks) == 6
+    assert blocks[0] == f"Question: {shots[0][0]}\nAnswer: {shots[0][1]}"
+    assert blocks[-1] == f"Question: {Q}\nAnswer:"
+    assert {"Question:", "</s>", "<|im_end|>"} <= set(p.stop)
+
+
+def test_few_shot_cot_is_lm_eval_gsm8k_cot():
+    p = PROTOCOLS["few-shot-cot"]
+    shots = pick_shots(p, None)
+    assert shots == COT_EXEMPLARS and len(shots) == 8
+    text = render_plain(p, Q, shots, "unused {question}")
+    assert text.startswith("Q: There are 15 trees in the grove.")
+    assert text.endswith(f"\n\nQ: {Q}\nA:")
+    assert all(t.rstrip(".").split("The answer is ")[-1].isdigit() for _, t in shots)
+
+
+def test_plain_is_the_training_template():
+    cfg = load_config(None)
+    assert render_plain(PROTOCOLS["plain"], Q, [], cfg.model.plain_template) == f"Question: {Q}\nAnswer:"
+
+
+def test_chat_needs_a_chat_template():
+    class NoTemplate:
+        chat_template = None
+
+    with pytest.raises(MathtuneError, match="no chat template"):
+        encode_prompt(NoTemplate(), PROTOCOLS["chat"], Q, [], load_config(None).model)
+
+
+def test_unknown_protocol():
+    with pytest.raises(MathtuneError, match="unknown protocol"):
+        get_protocol("zero-shot-magic")
+
+
+def run_eval(*args):
+    return subprocess.run([sys.executable, "-m", "mathtune.cli", "eval", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("protocol", ["few-shot", "few-shot-cot", "chat"])
+def test_standalone_eval(tmp_path, gsm8k, protocol):
+    out = tmp_path / "preds.jsonl"
+    res = run_eval("--model", "tiny-random-llama", "--protocol", protocol, "--limit", 3, "--data", gsm8k,
+                   "--out", out, "eval.max_new_tokens=4", "model.dtype=float32")
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = read_jsonl(out)
+    assert [r["id"] for r in rows] == ["test-0", "test-1", "test-2"]
+    assert all(r["protocol"] == protocol and "strict_correct" in r for r in rows)
+    assert all(r["generated_tokens"] <= 4 for r in rows)  # the key=value override reached the config
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert summary["n"] == 3 and summary["protocol"] == protocol and summary["split"] == "test"
+    assert f"protocol {protocol}" in res.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--limit", "-1"], ["eval.limit"]),
+    (["--protocol", "magic"], ["eval.protocol"]),
+    (["--adapter", "/nonexistent-adapter"], ["nonexistent-adapter"]),
+])
+def test_standalone_eval_bad_input(tmp_path, gsm8k, args, words):
+    res = run_eval("--model", "tiny-random-llama", "--data", gsm8k, "--out", tmp_path / "p.jsonl", "--limit", 2, *args)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert all(w in res.stderr for w in words)
