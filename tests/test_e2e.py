@@ -134,3 +134,10 @@ def test_eval_resumes_from_answered_questions(run_dir):
     assert after[3:] == rows[3:]  # greedy: the rest is generated again, identically
     assert not partial.exists()
     assert "report ..." in res.stdout  # the report after a redone stage is stale: rendered again
+
+
+def test_analysis_and_report_never_import_torch(run_dir):
+    code = ("import sys; from pathlib import Path; from mathtune.report.build import build_report; "
+            f"build_report(Path({str(run_dir)!r})); assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]

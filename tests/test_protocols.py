@@ -86,3 +86,27 @@ def test_standalone_eval_bad_input(tmp_path, gsm8k, args, words):
     res = run_eval("--model", "tiny-random-llama", "--data", gsm8k, "--out", tmp_path / "p.jsonl", "--limit", 2, *args)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert all(w in res.stderr for w in words)
+
+
+def test_maj_at_k_and_pass_at_k(tmp_path, gsm8k):
+    from mathtune.evaluate.extract import extract_answer, is_correct
+    from mathtune.evaluate.stats import majority
+
+    def run(out):
+        res = run_eval("--model", "tiny-random-llama", "--protocol", "chat", "--limit", 3, "--data", gsm8k,
+                       "--out", out, "eval.max_new_tokens=6", "eval.samples=3", "eval.temperature=1.0")
+        assert res.returncode == 0, res.stderr[-2000:]
+        return read_jsonl(out.with_name("p.samples.jsonl")), json.loads(out.with_suffix(".summary.json").read_text())
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    rows, summary = run(tmp_path / "a" / "p.jsonl")
+    assert len(rows) == 3 and all(len(r["completions"]) == 3 for r in rows)
+    for r in rows:
+        assert r["answers"] == [extract_answer(c) for c in r["completions"]]
+        assert r["maj_answer"] == majority(r["answers"])
+        assert r["pass_at_k"] == any(is_correct(a, r["reference"]) for a in r["answers"])
+    assert summary["k"] == 3 and summary["pass_at_k"] >= summary["maj_at_k"]
+    assert len({c for r in rows for c in r["completions"]}) > 3  # sampled, not greedy copies
+    again, _ = run(tmp_path / "b" / "p.jsonl")
+    assert [r["completions"] for r in again] == [r["completions"] for r in rows]  # seeded

@@ -104,6 +104,11 @@ class EvalConfig(_Strict):
     batch_size: int = Field(16, gt=0)
     max_new_tokens: int = Field(384, gt=0)
     base: bool = True  # evaluate the base model too, under the same protocol
+    # maj@k and pass@k: k sampled answers per question besides the greedy one (1 = greedy only).
+    samples: int = Field(1, ge=1)
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 1234
 
 
 class CostConfig(_Strict):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from mathtune.evaluate.stats import mcnemar_exact, wilson_ci
+from mathtune.evaluate.score import grade_row
+from mathtune.evaluate.stats import mcnemar_exact, paired_diff_ci, wilson_ci
 from mathtune.io import read_json, read_jsonl
 
 
@@ -21,6 +22,7 @@ def model_summary(name: str, rows: list[dict]) -> dict:
         "correct": correct,
         "accuracy": correct / n if n else 0.0,
         "ci95": [lo, hi],
+        "strict_accuracy": sum(bool(r.get("strict_correct")) for r in rows) / n if n else 0.0,
         "no_answer": sum(r["extracted"] is None for r in rows),
         "truncated": sum(bool(r.get("truncated")) for r in rows),
     }
@@ -43,6 +45,7 @@ def paired(a_name: str, a: list[dict], b_name: str, b: list[dict]) -> dict:
         "only_b": only_b,
         "neither": n - both - only_a - only_b,
         "diff": (only_b - only_a) / n if n else 0.0,
+        "diff_ci95": list(paired_diff_ci(only_a, only_b, n)),
         "mcnemar_p": mcnemar_exact(only_a, only_b),
     }
 
@@ -86,8 +89,16 @@ def summarize_run(run_dir: Path) -> dict:
     for name in ("base", "finetuned"):
         path = run_dir / "predictions" / f"{name}.jsonl"
         if path.is_file():
-            preds[name] = read_jsonl(path)
+            # Rows from elsewhere (or older runs) may lack a verdict: grade them with the same grader.
+            preds[name] = [r if {"correct", "strict_correct"} <= set(r) else grade_row(r) for r in read_jsonl(path)]
     analysis = {"models": [model_summary(n, rows) for n, rows in preds.items()]}
+    for m in analysis["models"]:
+        samples = run_dir / "predictions" / f"{m['name']}.samples.jsonl"
+        if samples.is_file():
+            srows = read_jsonl(samples)
+            m["k"] = len(srows[0]["answers"]) if srows else 0
+            m["maj_at_k"] = sum(r["maj_correct"] for r in srows) / len(srows) if srows else 0.0
+            m["pass_at_k"] = sum(r["pass_at_k"] for r in srows) / len(srows) if srows else 0.0
     if "base" in preds and "finetuned" in preds:
         analysis["comparison"] = paired("base", preds["base"], "finetuned", preds["finetuned"])
     metrics_path = run_dir / "metrics.jsonl"

@@ -35,9 +35,13 @@ def generate(
     max_new_tokens: int,
     stop_strings: list[str] = (),
     desc: str = "generating",
-) -> Iterator[tuple[int, str, int, bool]]:
-    """Yield (prompt index, completion text, generated tokens, truncated) for every prompt, a batch at a time.
+    k: int = 1,
+    sampling: dict | None = None,
+) -> Iterator[tuple[int, list[tuple[str, int, bool]]]]:
+    """Yield (prompt index, [(completion text, generated tokens, truncated)] * k) for every prompt, a batch at a time.
 
+    Greedy when `sampling` is None; else k samples per prompt with sampling = {temperature, top_p, seed}
+    (the seed is reset per batch, so a resumed evaluation draws the same samples).
     Longest prompts go first, so a batch that does not fit in memory fails at once, not at the end.
     truncated: the answer hit max_new_tokens without an end token or stop string.
     """
@@ -45,26 +49,30 @@ def generate(
     stops = eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     device = next(model.parameters()).device
+    per_batch = max(1, batch_size // k)  # about batch_size sequences in flight either way
+    decoding = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if sampling:
+        decoding = dict(do_sample=True, temperature=sampling["temperature"], top_p=sampling["top_p"], top_k=None)
     bar = tqdm(total=len(prompts), desc=desc, unit="q")
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for start in range(0, len(order), per_batch):
+        idx = order[start : start + per_batch]
         ids, mask = left_pad([prompts[i] for i in idx], pad_id)
+        if sampling:
+            torch.manual_seed(sampling["seed"] + start)
         out = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
+            num_return_sequences=k,
             eos_token_id=stops,
             pad_token_id=pad_id,
             stop_strings=list(stop_strings) or None,
             tokenizer=tokenizer if stop_strings else None,
+            **decoding,
         )
         new = out[:, ids.shape[1] :].tolist()
-        for i, tokens in zip(idx, new):
-            yield (i, *_finish(tokens, tokenizer, stops, pad_id, stop_strings, max_new_tokens))
+        for j, i in enumerate(idx):
+            yield i, [_finish(t, tokenizer, stops, pad_id, stop_strings, max_new_tokens) for t in new[j * k : (j + 1) * k]]
         bar.update(len(idx))
     bar.close()
 

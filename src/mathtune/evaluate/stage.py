@@ -15,6 +15,7 @@ from mathtune.evaluate.extract import extract_answer, is_correct
 from mathtune.evaluate.generate import generate
 from mathtune.evaluate.protocols import Protocol, encode_prompt, get_protocol, pick_shots, strict_pattern
 from mathtune.evaluate.score import strict_correct
+from mathtune.evaluate.stats import majority
 from mathtune.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, repair_jsonl
 from mathtune.models import first_line, load_model, load_tokenizer, pick_device
 
@@ -52,23 +53,46 @@ def shots_for(protocol: Protocol, cfg) -> list[tuple[str, str]]:
     return pick_shots(protocol, load_train_rows(cfg.data))
 
 
-def predict(cfg, tokenizer, protocol: Protocol, shots, test: list[dict], adapter: Path | None, out: Path) -> dict:
-    """Answer every test row into `out` (JSONL), resuming from `out`.partial.jsonl; return a summary."""
+def _resumable(out: Path, test: list[dict], answer) -> int:
+    """Write one row per test question into `out`, in test order, resuming from `out`'s .partial file.
+
+    answer(todo) yields finished rows (any order) for the questions not yet in the partial file; each is
+    appended and flushed at once. Returns the number of questions answered in this call.
+    """
     partial = out.with_name(out.stem + ".partial.jsonl")
     done = {r["id"] for r in repair_jsonl(partial)}
     todo = [r for r in test if r["id"] not in done]
-    start, generated = time.time(), 0
+    for row in answer(todo) if todo else ():
+        append_jsonl(partial, row)
+    by_id = {r["id"]: r for r in read_jsonl(partial)} if partial.exists() else {}
+    if set(by_id) != {r["id"] for r in test}:
+        raise MathtuneError(f"{partial}: its questions do not match the test rows; delete it or rerun with --force")
+    atomic_write_jsonl(out, [by_id[r["id"]] for r in test])
+    partial.unlink()
+    return len(todo)
+
+
+def predict(cfg, tokenizer, protocol: Protocol, shots, test: list[dict], adapter: Path | None, out: Path) -> dict:
+    """Greedy answers to every test row into `out` (and k samples into NAME.samples.jsonl when eval.samples > 1)."""
+    e = cfg.eval
+    model = None
     pattern = strict_pattern(protocol)
-    if todo:
-        model = load_for_eval(cfg, adapter, pick_device(cfg.runtime.device))
+    generated = 0
+
+    def stream(todo, k=1, sampling=None):
+        nonlocal model
+        model = model or load_for_eval(cfg, adapter, pick_device(cfg.runtime.device))
         prompts = [encode_prompt(tokenizer, protocol, r["question"], shots, cfg.model) for r in todo]
-        e = cfg.eval
-        stream = generate(model, tokenizer, prompts, e.batch_size, e.max_new_tokens, protocol.stop, desc=out.stem)
-        for i, completion, n_tokens, truncated in stream:
+        desc = out.stem + (f" x{k} samples" if sampling else "")
+        return generate(model, tokenizer, prompts, e.batch_size, e.max_new_tokens, protocol.stop, desc, k, sampling)
+
+    def greedy(todo):
+        nonlocal generated
+        for i, [(completion, n_tokens, truncated)] in stream(todo):
             row = todo[i]
             extracted = extract_answer(completion)
             generated += n_tokens
-            append_jsonl(partial, {
+            yield {
                 "id": row["id"],
                 "question": row["question"],
                 "reference": row["answer"],
@@ -79,17 +103,31 @@ def predict(cfg, tokenizer, protocol: Protocol, shots, test: list[dict], adapter
                 "generated_tokens": n_tokens,
                 "truncated": truncated,
                 "protocol": protocol.name,
-            })
-        del model
-    by_id = {r["id"]: r for r in read_jsonl(partial)} if partial.exists() else {}
-    if set(by_id) != {r["id"] for r in test}:
-        raise MathtuneError(f"{partial}: its questions do not match the test rows; delete it or rerun with --force")
-    rows = [by_id[r["id"]] for r in test]  # test-split order, whatever order the batches finished in
-    atomic_write_jsonl(out, rows)
-    partial.unlink()
+            }
+
+    def sampled(todo):
+        sampling = {"temperature": e.temperature, "top_p": e.top_p, "seed": e.seed}
+        for i, samples in stream(todo, e.samples, sampling):
+            row = todo[i]
+            answers = [extract_answer(text) for text, _, _ in samples]
+            maj = majority(answers)
+            yield {
+                "id": row["id"],
+                "reference": row["answer"],
+                "completions": [text for text, _, _ in samples],
+                "answers": answers,
+                "maj_answer": maj,
+                "maj_correct": is_correct(maj, row["answer"]),
+                "pass_at_k": any(is_correct(a, row["answer"]) for a in answers),
+                "protocol": protocol.name,
+            }
+
+    start = time.time()
+    _resumable(out, test, greedy)
     seconds = time.time() - start
+    rows = read_jsonl(out)
     n_correct = sum(r["correct"] for r in rows)
-    return {
+    summary = {
         "n": len(rows),
         "correct": n_correct,
         "accuracy": n_correct / len(rows) if rows else 0.0,
@@ -99,6 +137,13 @@ def predict(cfg, tokenizer, protocol: Protocol, shots, test: list[dict], adapter
         "generated_tokens": generated,
         "tokens_per_s": round(generated / seconds, 2) if generated and seconds else None,
     }
+    if e.samples > 1:
+        samples_out = out.with_name(out.stem + ".samples.jsonl")
+        _resumable(samples_out, test, sampled)
+        srows = read_jsonl(samples_out)
+        summary.update(k=e.samples, maj_at_k=sum(r["maj_correct"] for r in srows) / len(srows),
+                       pass_at_k=sum(r["pass_at_k"] for r in srows) / len(srows))
+    return summary
 
 
 def _tokenizer(cfg):

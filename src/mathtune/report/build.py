@@ -22,23 +22,29 @@ def _headline(a: dict) -> list[str]:
         return lines + ["No predictions yet.", ""]
     lines += [
         "Generated answers, final number extracted and compared exactly with the reference "
-        f"(protocol: `{a['models'][0]['protocol']}`, greedy).",
+        f"(protocol: `{a['models'][0]['protocol']}`, greedy). Strict: only a `#### N` answer counts, as in "
+        "lm-evaluation-harness's strict-match.",
         "",
-        "| model | n | correct | accuracy | 95% CI (Wilson) | no number found | truncated |",
-        "|---|---:|---:|---:|---|---:|---:|",
+        "| model | n | correct | accuracy | 95% CI (Wilson) | strict (lm-eval) | no number found | truncated |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for m in a["models"]:
         lo, hi = m["ci95"]
         lines.append(
             f"| {m['name']} | {m['n']} | {m['correct']} | {_pct(m['accuracy'])} | "
-            f"{_pct(lo)} to {_pct(hi)} | {m['no_answer']} | {m['truncated']} |"
+            f"{_pct(lo)} to {_pct(hi)} | {_pct(m['strict_accuracy'])} | {m['no_answer']} | {m['truncated']} |"
         )
+    sampled = [m for m in a["models"] if "k" in m]
+    if sampled:
+        lines += ["", "Sampled answers: " + "; ".join(
+            f"{m['name']} maj@{m['k']} {_pct(m['maj_at_k'])}, pass@{m['k']} {_pct(m['pass_at_k'])}" for m in sampled) + "."]
     c = a.get("comparison")
     if c:
         verdict = "significant" if c["mcnemar_p"] < 0.05 else "not significant"
         lines += [
             "",
-            f"Change: {100 * c['diff']:+.1f} points ({c['b']} minus {c['a']}, {c['n']} paired questions). "
+            f"Change: {100 * c['diff']:+.1f} points ({c['b']} minus {c['a']}, {c['n']} paired questions; 95% CI "
+            f"{100 * c['diff_ci95'][0]:+.1f} to {100 * c['diff_ci95'][1]:+.1f}). "
             f"Both right {c['both_correct']}, only {c['a']} {c['only_a']}, only {c['b']} {c['only_b']}, "
             f"neither {c['neither']}. Exact McNemar p = {c['mcnemar_p']:.3g}: {verdict} at the 5% level.",
         ]
