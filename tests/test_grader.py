@@ -43,6 +43,22 @@ def test_strict_agrees_with_lm_eval_on_every_row():
     assert disagree == []
 
 
+def test_strict_agrees_with_lm_eval_run_live():
+    # lm-evaluation-harness's own code, not a copy: its gsm8k strict-match filter and exact_match metric.
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
+    from lm_eval.filters.selection import TakeFirstFilter
+
+    docs = [{}] * len(LABELLED)
+    filtered = TakeFirstFilter().apply(
+        RegexFilter(regex_pattern=r"#### (\-?[0-9\.\,]+)").apply([[r["completion"]] for r in LABELLED], docs), docs)
+    for row, pred in zip(LABELLED, filtered):
+        em = exact_match_hf_evaluate([pred], [row["reference"]], regexes_to_ignore=[",", "\\$", "(?s).*#### ", "\\.$"],
+                                     ignore_case=True, ignore_punctuation=False)["exact_match"]
+        assert strict_correct(row["completion"], row["reference"]) == (em == 1.0), row["completion"]
+        assert row["lm_eval_strict"] == (em == 1.0)
+
+
 def test_grade_row_keeps_extra_fields():
     row = grade_row({"id": "x", "completion": "#### 5", "reference": "#### 5", "model": "m"})
     assert row["model"] == "m" and row["correct"] and row["strict_correct"] and row["extracted"] == "5"
