@@ -10,6 +10,7 @@ way for both. Writes bench/results/eval_throughput.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -64,7 +65,8 @@ def main() -> None:
     ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--batch-sizes", default="16,32,64")
+    ap.add_argument("--levers", default="16:float32,32:float32,64:float32,64:bfloat16",
+                    help="batch_size:weights_dtype pairs for the engine")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "eval_throughput.json"))
     args = ap.parse_args()
 
@@ -81,10 +83,14 @@ def main() -> None:
     print(f"naive: {naive_tokens} tokens in {naive_s:.1f} s = {naive_tokens / naive_s:.1f} tokens/s")
 
     levers = []
-    for bs in [int(x) for x in args.batch_sizes.split(",")]:
-        def run(bs=bs):
+    for spec in args.levers.split(","):
+        bs, dtype = int(spec.split(":")[0]), spec.split(":")[1]
+        # A copy in the lever's dtype: the naive baseline's float32 weights stay untouched.
+        engine_model = model if dtype == "float32" else copy.deepcopy(model).to(getattr(torch, dtype))
+
+        def run(bs=bs, m=engine_model):
             got = [None] * len(prompts)
-            for i, [res] in generate(model, tokenizer, prompts, bs, args.max_new_tokens, (), f"batch {bs}"):
+            for i, [res] in generate(m, tokenizer, prompts, bs, args.max_new_tokens, (), f"batch {bs} {dtype}"):
                 got[i] = res
             return got
 
@@ -92,12 +98,15 @@ def main() -> None:
         tokens = sum(n for _, n, _ in out)
         answers = [extract_answer(t) for t, _, _ in out]
         differ = [rows[i]["id"] for i, (a, b) in enumerate(zip(answers, naive_answers)) if a != b]
-        levers.append({"batch_size": bs, "seconds": round(secs, 2), "tokens": tokens,
+        levers.append({"batch_size": bs, "dtype": dtype, "seconds": round(secs, 2), "tokens": tokens,
                        "tokens_per_s": round(tokens / secs, 2), "identical_answers": len(prompts) - len(differ),
                        "differing_ids": differ})
-        print(f"batch {bs}: {tokens} tokens in {secs:.1f} s = {tokens / secs:.1f} tokens/s, {len(differ)} answers differ")
+        print(f"batch {bs} {dtype}: {tokens} tokens in {secs:.1f} s = {tokens / secs:.1f} tokens/s, "
+              f"{len(differ)} answers differ")
 
-    best = max(levers, key=lambda x: x["tokens_per_s"])
+    # The engine's figure: the fastest setting that keeps at least n-1 answers identical to the naive run.
+    faithful = [x for x in levers if x["identical_answers"] >= len(prompts) - 1] or levers
+    best = max(faithful, key=lambda x: x["tokens_per_s"])
     result = {
         "benchmark": "eval_throughput",
         "model": cfg.model.name,
@@ -109,6 +118,7 @@ def main() -> None:
         "naive_tokens": naive_tokens,
         "engine_tokens_per_s": best["tokens_per_s"],
         "engine_batch_size": best["batch_size"],
+        "engine_dtype": best["dtype"],
         "ratio": round(best["tokens_per_s"] / (naive_tokens / naive_s), 2),
         "identical_answers": best["identical_answers"],
         "differing_ids": best["differing_ids"],

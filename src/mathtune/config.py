@@ -104,6 +104,9 @@ class EvalConfig(_Strict):
     batch_size: int = Field(16, gt=0)
     max_new_tokens: int = Field(384, gt=0)
     base: bool = True  # evaluate the base model too, under the same protocol
+    # Weights dtype for generation: "model" keeps model.dtype. On SmolLM2/CPU bfloat16 generated 2x faster
+    # than float32 but changed 42 of 64 greedy answers (bench/results/eval_throughput.json): opt-in only.
+    dtype: Literal["model", "float32", "bfloat16", "float16"] = "model"
     # maj@k and pass@k: k sampled answers per question besides the greedy one (1 = greedy only).
     samples: int = Field(1, ge=1)
     temperature: float = Field(0.7, gt=0)

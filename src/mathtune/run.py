@@ -5,6 +5,7 @@ Every stage reads files the previous one wrote, so each can be rerun alone; `run
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
@@ -63,8 +64,6 @@ def environment() -> dict:
 
 
 def _cores() -> int | None:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
@@ -103,17 +102,20 @@ def clear_stage(run_dir: Path, stage: str) -> None:
 
 
 def stage_done(cfg: Config, run_dir: Path, stage: str) -> bool:
+    """Whether a stage's files are all there (the stages import torch lazily, so this stays fast)."""
     if stage == "data":
-        from mathtune.data.stage import is_done
-    elif stage == "train":
-        from mathtune.train.stage import is_done
-    elif stage == "eval":
-        from mathtune.evaluate.stage import is_done
+        from mathtune.data.stage import is_done as data_done
 
-        return is_done(run_dir, cfg)
-    else:
-        return (run_dir / "report.md").is_file()
-    return is_done(run_dir)
+        return data_done(run_dir)
+    if stage == "train":
+        from mathtune.train.stage import is_done as train_done
+
+        return train_done(run_dir)
+    if stage == "eval":
+        from mathtune.evaluate.stage import is_done as eval_done
+
+        return eval_done(run_dir, cfg)
+    return (run_dir / "report.md").is_file()
 
 
 def run_stage(cfg: Config, run_dir: Path, stage: str) -> None:

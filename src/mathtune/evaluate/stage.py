@@ -17,7 +17,7 @@ from mathtune.evaluate.protocols import Protocol, encode_prompt, get_protocol, p
 from mathtune.evaluate.score import strict_correct
 from mathtune.evaluate.stats import majority
 from mathtune.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, repair_jsonl
-from mathtune.models import first_line, load_model, load_tokenizer, pick_device
+from mathtune.models import first_line, load_model, load_tokenizer, pick_device, torch_dtype
 
 
 def is_done(run_dir: Path, cfg) -> bool:
@@ -37,6 +37,8 @@ def load_for_eval(cfg, adapter: Path | None, device: str):
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         except (ValueError, RuntimeError, KeyError) as e:
             raise MathtuneError(f"{adapter}: does not match model {cfg.model.name} ({first_line(e)})") from None
+    if cfg.eval.dtype != "model":
+        model = model.to(torch_dtype(cfg.eval.dtype))  # after merging, so the adapter is merged in full precision
     return model.eval()
 
 
