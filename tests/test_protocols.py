@@ -62,11 +62,11 @@ def run_eval(*args):
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("protocol", ["few-shot", "few-shot-cot", "chat"])
-def test_standalone_eval(tmp_path, gsm8k, protocol):
+@pytest.mark.parametrize("protocol, extra", [("few-shot", []), ("few-shot-cot", []), ("chat", ["eval.dtype=bfloat16"])])
+def test_standalone_eval(tmp_path, gsm8k, protocol, extra):
     out = tmp_path / "preds.jsonl"
     res = run_eval("--model", "tiny-random-llama", "--protocol", protocol, "--limit", 3, "--data", gsm8k,
-                   "--out", out, "eval.max_new_tokens=4", "model.dtype=float32")
+                   "--out", out, "eval.max_new_tokens=4", "model.dtype=float32", *extra)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = read_jsonl(out)
     assert [r["id"] for r in rows] == ["test-0", "test-1", "test-2"]

@@ -14,7 +14,7 @@ from mathtune.errors import MathtuneError
 from mathtune.evaluate.extract import extract_answer, is_correct
 from mathtune.evaluate.generate import generate
 from mathtune.evaluate.protocols import Protocol, encode_prompt, get_protocol, pick_shots, strict_pattern
-from mathtune.evaluate.score import strict_correct
+from mathtune.evaluate.score import grade_row
 from mathtune.evaluate.stats import majority
 from mathtune.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, repair_jsonl
 from mathtune.models import first_line, load_model, load_tokenizer, pick_device, torch_dtype
@@ -92,20 +92,16 @@ def predict(cfg, tokenizer, protocol: Protocol, shots, test: list[dict], adapter
         nonlocal generated
         for i, [(completion, n_tokens, truncated)] in stream(todo):
             row = todo[i]
-            extracted = extract_answer(completion)
             generated += n_tokens
-            yield {
+            yield grade_row({
                 "id": row["id"],
                 "question": row["question"],
                 "reference": row["answer"],
                 "completion": completion,
-                "extracted": extracted,
-                "correct": is_correct(extracted, row["answer"]),
-                "strict_correct": strict_correct(completion, row["answer"], pattern),
                 "generated_tokens": n_tokens,
                 "truncated": truncated,
                 "protocol": protocol.name,
-            }
+            }, pattern)
 
     def sampled(todo):
         sampling = {"temperature": e.temperature, "top_p": e.top_p, "seed": e.seed}
