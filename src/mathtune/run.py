@@ -24,7 +24,7 @@ OUTPUTS = {
     "data": ["data"],
     "train": ["adapter", "checkpoints", "metrics.jsonl", "train.json"],
     "eval": ["predictions", "eval.json"],
-    "report": ["analysis.json", "report.md"],
+    "report": ["analysis.json", "report.md", "report.html", "plots"],
 }
 PACKAGES = ("mathtune", "torch", "transformers", "peft", "trl", "accelerate", "datasets")
 
@@ -51,7 +51,7 @@ def environment() -> dict:
         except PackageNotFoundError:
             versions[name] = None
     env = {"python": platform.python_version(), "packages": versions, "machine": platform.machine(),
-           "cpu": platform.processor() or None, "cores": _cores(), "gpu": None}
+           "cpu": cpu_model(), "cores": _cores(), "gpu": None}
     try:
         import torch
 
@@ -61,6 +61,16 @@ def environment() -> dict:
     except ImportError:
         pass
     return env
+
+
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def _cores() -> int | None:
@@ -115,7 +125,7 @@ def stage_done(cfg: Config, run_dir: Path, stage: str) -> bool:
         from mathtune.evaluate.stage import is_done as eval_done
 
         return eval_done(run_dir, cfg)
-    return (run_dir / "report.md").is_file()
+    return (run_dir / "report.html").is_file()
 
 
 def run_stage(cfg: Config, run_dir: Path, stage: str) -> None:
@@ -167,4 +177,4 @@ def run_all(cfg: Config, run_dir: Path) -> None:
         redo = True
         print(f"mathtune: {stage} ...")
         run_stage(cfg, run_dir, stage)
-    print(f"mathtune: report written to {run_dir / 'report.md'}")
+    print(f"mathtune: report written to {run_dir / 'report.html'} and report.md")

@@ -27,6 +27,7 @@ _BOXED = re.compile(r"\\boxed\{\s*\\?\$?\s*(" + NUM + r")\s*\}")
 _MARKED = re.compile(
     r"(?:answer is|answer:|answer =|^\s*A:)\s*[$*\\(]*\s*\$?(" + NUM + ")", re.IGNORECASE | re.MULTILINE
 )
+_PLAIN = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?")
 _CONTINUATION = re.compile(r"\n\s*Question:")
 # Chat end tokens some models print as text when decoding keeps special tokens.
 _END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<eos>", "</s>", "<|eot_id|>")
@@ -47,7 +48,8 @@ def to_fraction(text: str | None) -> Fraction | None:
     if text is None:
         return None
     s = text.strip().replace(",", "").replace("−", "-").lstrip("$").rstrip(".")
-    if not s or len(s) > 200:
+    # Plain decimals and a/b only (no exponents: Fraction("1e4300") is a 4,300-digit integer), bounded length.
+    if len(s) > 200 or not _PLAIN.fullmatch(s):
         return None
     try:
         return Fraction(s)

@@ -37,6 +37,7 @@ def generate(
     desc: str = "generating",
     k: int = 1,
     sampling: dict | None = None,
+    kv_cache: str = "static",
 ) -> Iterator[tuple[int, list[tuple[str, int, bool]]]]:
     """Yield (prompt index, [(completion text, generated tokens, truncated)] * k) for every prompt, a batch at a time.
 
@@ -44,6 +45,7 @@ def generate(
     (the seed is reset per batch, so a resumed evaluation draws the same samples).
     Longest prompts go first, so a batch that does not fit in memory fails at once, not at the end.
     truncated: the answer hit max_new_tokens without an end token or stop string.
+    kv_cache: "static" (one buffer of prompt + max_new_tokens per batch, no copying while decoding) or "dynamic".
     """
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     stops = eos_ids(model, tokenizer)
@@ -68,6 +70,10 @@ def generate(
             pad_token_id=pad_id,
             stop_strings=list(stop_strings) or None,
             tokenizer=tokenizer if stop_strings else None,
+            cache_implementation="static" if kv_cache == "static" else None,
+            # transformers compiles the forward on a GPU when the cache is static; every batch has its own
+            # prompt length, hence cache shape, so that would recompile per batch: off.
+            disable_compile=True,
             **decoding,
         )
         new = out[:, ids.shape[1] :].tolist()

@@ -17,7 +17,7 @@ from mathtune.evaluate.protocols import Protocol, encode_prompt, get_protocol, p
 from mathtune.evaluate.score import grade_row
 from mathtune.evaluate.stats import majority
 from mathtune.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, repair_jsonl
-from mathtune.models import first_line, load_model, load_tokenizer, pick_device, torch_dtype
+from mathtune.models import ensure_local, first_line, load_model, load_tokenizer, pick_device, torch_dtype
 
 
 def is_done(run_dir: Path, cfg) -> bool:
@@ -74,6 +74,19 @@ def _resumable(out: Path, test: list[dict], answer) -> int:
     return len(todo)
 
 
+def oom_explained(rows, e, longest_prompt: int):
+    """Pass generated rows through; a CUDA out-of-memory error becomes a one-line error that says what to lower."""
+    import torch
+
+    try:
+        yield from rows
+    except torch.cuda.OutOfMemoryError:
+        raise MathtuneError(
+            f"CUDA out of memory generating with eval.batch_size={e.batch_size}, prompts up to {longest_prompt} tokens "
+            f"and eval.max_new_tokens={e.max_new_tokens}: lower eval.batch_size (or eval.max_new_tokens); answered "
+            f"questions are kept, rerun with --resume") from None
+
+
 def predict(cfg, tokenizer, protocol: Protocol, shots, test: list[dict], adapter: Path | None, out: Path) -> dict:
     """Greedy answers to every test row into `out` (and k samples into NAME.samples.jsonl when eval.samples > 1)."""
     e = cfg.eval
@@ -83,10 +96,16 @@ def predict(cfg, tokenizer, protocol: Protocol, shots, test: list[dict], adapter
 
     def stream(todo, k=1, sampling=None):
         nonlocal model
-        model = model or load_for_eval(cfg, adapter, pick_device(cfg.runtime.device))
         prompts = [encode_prompt(tokenizer, protocol, r["question"], shots, cfg.model) for r in todo]
+        if e.backend == "vllm":
+            from mathtune.evaluate.vllm_backend import generate_vllm, make_llm
+
+            model = model or make_llm(ensure_local(cfg.model.name), adapter, e.dtype, e.seed)
+            return generate_vllm(model, prompts, e.max_new_tokens, protocol.stop, k, sampling, adapter)
+        model = model or load_for_eval(cfg, adapter, pick_device(cfg.runtime.device))
         desc = out.stem + (f" x{k} samples" if sampling else "")
-        return generate(model, tokenizer, prompts, e.batch_size, e.max_new_tokens, protocol.stop, desc, k, sampling)
+        return oom_explained(generate(model, tokenizer, prompts, e.batch_size, e.max_new_tokens, protocol.stop, desc,
+                                      k, sampling, e.kv_cache), e, max(len(p) for p in prompts))
 
     def greedy(todo):
         nonlocal generated

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
+from mathtune.cost import hourly_price
 from mathtune.data.format import prompt_format, sft_example
 from mathtune.errors import MathtuneError
 from mathtune.io import atomic_replace_dir, atomic_write_json, atomic_write_jsonl, read_jsonl, repair_jsonl
@@ -29,7 +31,7 @@ def lora_config(lora):
     )
 
 
-def sft_args(cfg, run_dir: Path, device: str):
+def sft_args(cfg, run_dir: Path, device: str, resuming: bool = False):
     from trl import SFTConfig
 
     t = cfg.train
@@ -49,7 +51,9 @@ def sft_args(cfg, run_dir: Path, device: str):
         completion_only_loss=True,  # loss on the answer tokens only
         logging_steps=t.logging_steps,
         eval_strategy="steps",
-        eval_on_start=True,  # validation loss of the base model at step 0: the baseline of the loss curve
+        # Validation loss of the base model at step 0, the baseline of the loss curve. Not on a resume: the
+        # checkpoint's step was evaluated before the crash and metrics.jsonl kept that row.
+        eval_on_start=not resuming,
         eval_steps=t.eval_steps,
         save_strategy="steps",
         save_steps=t.eval_steps,
@@ -70,10 +74,18 @@ def sft_args(cfg, run_dir: Path, device: str):
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest complete checkpoint. The Trainer writes trainer_state.json last (after the adapter, optimizer,
+    scheduler and RNG states), so a checkpoint whose state file is missing or torn was cut by a crash: skipped."""
     folder = run_dir / "checkpoints"
-    return Path(get_last_checkpoint(str(folder))) if folder.is_dir() and get_last_checkpoint(str(folder)) else None
+    steps = sorted(((int(c.name.split("-")[-1]), c) for c in folder.glob("checkpoint-*")
+                    if c.name.split("-")[-1].isdigit()), reverse=True) if folder.is_dir() else []
+    for _, ckpt in steps:
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            return ckpt
+        except (OSError, ValueError):
+            print(f"mathtune: {ckpt} is incomplete (cut by a crash): skipped")
+    return None
 
 
 def trim_metrics(path: Path, up_to_step: int | None) -> None:
@@ -86,9 +98,11 @@ def trim_metrics(path: Path, up_to_step: int | None) -> None:
 
 def run_train(cfg, run_dir: Path, is_main: bool = True) -> dict:
     import datasets
+    import torch
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
 
+    from mathtune.train.guards import NonFiniteGuard
     from mathtune.train.metrics import MetricsLogger
 
     device = pick_device(cfg.runtime.device)
@@ -103,13 +117,15 @@ def run_train(cfg, run_dir: Path, is_main: bool = True) -> dict:
     model = load_model(cfg.model, device)
     resume_from = last_checkpoint(run_dir)
     trim_metrics(run_dir / "metrics.jsonl", int(resume_from.name.split("-")[-1]) if resume_from else None)
-    logger = MetricsLogger(run_dir / "metrics.jsonl", cfg.cost.price_per_hour, is_main, resumed=bool(resume_from))
-    callbacks = [logger]
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
+    price = hourly_price(cfg.cost.model_dump(), gpu, torch.cuda.device_count() if gpu else None)["price_per_hour"]
+    logger = MetricsLogger(run_dir / "metrics.jsonl", price, is_main, resumed=bool(resume_from))
+    callbacks = [logger, NonFiniteGuard(run_dir / "checkpoints")]
     if cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = SFTTrainer(
         model=model,
-        args=sft_args(cfg, run_dir, device),
+        args=sft_args(cfg, run_dir, device, resuming=bool(resume_from)),
         train_dataset=to_ds(train_rows),
         eval_dataset=to_ds(val_rows),
         processing_class=tokenizer,
@@ -119,7 +135,14 @@ def run_train(cfg, run_dir: Path, is_main: bool = True) -> dict:
     if resume_from:
         print(f"mathtune: resuming training from {resume_from}")
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except torch.cuda.OutOfMemoryError:
+        t = cfg.train
+        raise MathtuneError(
+            f"CUDA out of memory training with train.batch_size={t.batch_size} and train.max_length={t.max_length}: "
+            f"lower train.batch_size (raise train.grad_accum to keep the effective batch), lower train.max_length, "
+            f"or set train.gradient_checkpointing=true; then rerun with --resume") from None
     seconds = time.time() - start
     state = trainer.state
     planned = state.max_steps
