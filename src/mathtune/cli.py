@@ -171,6 +171,37 @@ def compare(run_a, run_b, out) -> None:
 
 
 @cli.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML config.")
+@click.option("--gpu", help="Cost it on this GPU (h100, h200, a100) or cpu; default: this machine's device.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the estimate as JSON here.")
+@click.argument("overrides", nargs=-1)
+def estimate(config_path, gpu, json_out, overrides) -> None:
+    """Predicted hours and dollars of a run, from its data's tokens and the benchmarks' throughput."""
+    from mathtune.config import load_config
+    from mathtune.data.stage import prepare_rows
+    from mathtune.estimate import estimate_run, format_estimate
+    from mathtune.io import atomic_write_json
+
+    cfg = load_config(config_path, overrides)
+    rows, _ = prepare_rows(cfg)
+    try:
+        e = estimate_run(cfg, rows, _estimate_device(gpu))
+    except ValueError as err:
+        raise MathtuneError(f"--gpu: {err}") from None
+    click.echo(format_estimate(e))
+    if json_out:
+        atomic_write_json(Path(json_out), e)
+
+
+def _estimate_device(gpu: str | None) -> str:
+    if gpu:
+        return "cpu" if gpu.lower() == "cpu" else gpu.upper()
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+@cli.command()
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.option("--out", "dst", required=True, type=click.Path(dir_okay=False), help="Graded JSONL to write.")
 def grade(src, dst) -> None:

@@ -94,6 +94,15 @@ class TrainConfig(_Strict):
     save_total_limit: int = Field(2, gt=0)
     bf16: bool = True  # mixed precision (autocast); the weights stay in model.dtype
     gradient_checkpointing: bool = False
+    # How a batch of train.batch_size rows reaches the model (the optimizer step and the loss are the same):
+    #   padded: one tensor padded to the longest row (TRL's default);
+    #   per_sequence: one row at a time, gradients accumulated over the batch; no padding and no mask, so SDPA
+    #     takes its causal fast path (on a 2-core CPU 1.9x the padded rate: bench/results/train_throughput_cpu.json);
+    #   padding_free: the rows concatenated into one, attention kept per row from position_ids (TRL's
+    #     padding_free; wants flash_attention_2 on a GPU, where a dense block mask is not built);
+    #   auto: per_sequence on a CPU, padding_free with flash_attention_2, else padded.
+    batching: Literal["auto", "padded", "per_sequence", "padding_free"] = "auto"
+    compile: bool = False  # torch.compile the model (TrainingArguments.torch_compile)
     seed: int = 42
 
 

@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from mathtune.config import Config, config_hash, config_to_yaml, diff_keys, load_config
+from mathtune.distributed import barrier, is_main
 from mathtune.errors import MathtuneError
 from mathtune.io import atomic_write_json, atomic_write_text, read_json
 
@@ -78,7 +79,18 @@ def _cores() -> int | None:
 
 
 def open_run(cfg: Config, run_dir: Path, resume: bool, force: bool) -> None:
-    """Create or reopen a run directory; refuse to mix two configs or to overwrite a run by accident."""
+    """Create or reopen a run directory; refuse to mix two configs or to overwrite a run by accident.
+
+    Under `accelerate launch` every process checks (so all stop on the same bad input) and the main one writes.
+    """
+    check_run_dir(cfg, run_dir, resume, force)
+    barrier()  # nobody may see the config.yaml the main process is about to write while still checking
+    if is_main():
+        _write_run_files(cfg, run_dir, force)
+    barrier()
+
+
+def check_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise MathtuneError(f"{run_dir}: exists and is not a directory")
     saved = run_dir / "config.yaml"
@@ -88,6 +100,10 @@ def open_run(cfg: Config, run_dir: Path, resume: bool, force: bool) -> None:
         changed = diff_keys(load_config(saved), cfg)
         if changed:
             raise MathtuneError(f"{run_dir}: was started with another config (differs in {', '.join(changed)})")
+
+
+def _write_run_files(cfg: Config, run_dir: Path, force: bool) -> None:
+    saved = run_dir / "config.yaml"
     if force:
         for stage in STAGES:
             clear_stage(run_dir, stage)
@@ -129,9 +145,15 @@ def stage_done(cfg: Config, run_dir: Path, stage: str) -> bool:
 
 
 def run_stage(cfg: Config, run_dir: Path, stage: str) -> None:
-    """Run one stage and record its wall time in run.json."""
+    """Run one stage and record its wall time in run.json.
+
+    Under `accelerate launch`, every process trains and evaluates (its share); the main process alone prepares
+    the data, writes the report and run.json; all wait for each other at the end of the stage.
+    """
     start = time.time()
-    if stage == "data":
+    if stage in ("data", "report") and not is_main():
+        pass
+    elif stage == "data":
         from mathtune.data.stage import run_data
 
         run_data(cfg, run_dir)
@@ -147,12 +169,35 @@ def run_stage(cfg: Config, run_dir: Path, stage: str) -> None:
         from mathtune.report.build import build_report
 
         build_report(run_dir)
+    barrier()
+    if is_main():
+        _record_stage(run_dir, stage, time.time() - start)
+
+
+def _record_stage(run_dir: Path, stage: str, seconds: float) -> None:
     info = read_json(run_dir / "run.json")
     previous = info["stages"].get(stage, {}).get("seconds", 0.0) if stage in ("train", "eval") else 0.0
     # A resumed stage adds its time to the time spent before the crash.
-    info["stages"][stage] = {"seconds": round(previous + time.time() - start, 2), "finished": _now()}
+    info["stages"][stage] = {"seconds": round(previous + seconds, 2), "finished": _now()}
     info["finished"] = _now()
     info["wall_seconds"] = round(sum(s["seconds"] for s in info["stages"].values()), 2)
+    atomic_write_json(run_dir / "run.json", info)
+
+
+def record_estimate(cfg: Config, run_dir: Path) -> None:
+    """The cost predicted from the data before training (`mathtune estimate`), kept in run.json so that the
+    report can set it beside the actual figures."""
+    from mathtune.estimate import estimate_run
+    from mathtune.io import read_jsonl
+
+    info = read_json(run_dir / "run.json")
+    rows = {name: read_jsonl(run_dir / "data" / f"{name}.jsonl") for name in ("train", "val", "test")}
+    gpu = info.get("environment", {}).get("gpu")
+    try:
+        e = estimate_run(cfg, rows, gpu if gpu and info.get("device") == "cuda" else "cpu")
+    except (ValueError, OSError, MathtuneError) as err:  # a GPU without figures, a model whose size is unknown
+        e = {"error": str(err)}
+    info["estimate"] = {k: e[k] for k in ("train_seconds", "eval_seconds", "dollars", "basis", "error") if k in e}
     atomic_write_json(run_dir / "run.json", info)
 
 
@@ -172,9 +217,14 @@ def run_all(cfg: Config, run_dir: Path) -> None:
     redo = False  # once a stage runs, the stages after it are stale and run too
     for stage in STAGES:
         if not redo and stage_done(cfg, run_dir, stage):
-            print(f"mathtune: {stage}: already done, skipped")
+            if is_main():
+                print(f"mathtune: {stage}: already done, skipped")
             continue
         redo = True
-        print(f"mathtune: {stage} ...")
+        if is_main():
+            print(f"mathtune: {stage} ...")
         run_stage(cfg, run_dir, stage)
-    print(f"mathtune: report written to {run_dir / 'report.html'} and report.md")
+        if stage == "data" and is_main():
+            record_estimate(cfg, run_dir)
+    if is_main():
+        print(f"mathtune: report written to {run_dir / 'report.html'} and report.md")

@@ -189,6 +189,7 @@ def cost_summary(run_info: dict, cfg: dict) -> dict:
         "gpu_hours": gpu_hours, "price_per_gpu_hour": price["per_gpu"], "price_matched": price["matched"],
         "price_source": price["source"], "price_date": price["date"],
         "dollars": wall / 3600 * price["price_per_hour"],
+        "predicted": run_info.get("estimate"),  # mathtune estimate's figures, recorded before training
     }
 
 

@@ -45,7 +45,8 @@ def split_rows(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[d
     return parts["train"].to_list(), parts["test"].to_list()
 
 
-def run_data(cfg, run_dir: Path) -> dict:
+def prepare_rows(cfg) -> tuple[dict[str, list[dict]], dict]:
+    """The rows a run trains, validates and tests on ({train, val, test}), and what info.json says of them."""
     d = cfg.data
     train_all = load_train_rows(d)
     test = load_test_rows(d)
@@ -56,10 +57,6 @@ def run_data(cfg, run_dir: Path) -> dict:
     if d.strip_calculator:
         train = [{**r, "answer": strip_calculator(r["answer"])} for r in train]
         val = [{**r, "answer": strip_calculator(r["answer"])} for r in val]
-    out = run_dir / "data"
-    atomic_write_jsonl(out / "train.jsonl", train)
-    atomic_write_jsonl(out / "val.jsonl", val)
-    atomic_write_jsonl(out / "test.jsonl", test)
     info = {
         "source": d.source,
         "test_source": d.source if d.test_source == "same" else d.test_source,
@@ -69,6 +66,14 @@ def run_data(cfg, run_dir: Path) -> dict:
         "test": len(test),
         "warnings": [SYMBOLIC_LEAK] if d.source == "gsm_symbolic" else [],
     }
+    return {"train": train, "val": val, "test": test}, info
+
+
+def run_data(cfg, run_dir: Path) -> dict:
+    rows, info = prepare_rows(cfg)
+    out = run_dir / "data"
+    for name in ("train", "val", "test"):
+        atomic_write_jsonl(out / f"{name}.jsonl", rows[name])
     atomic_write_json(out / "info.json", info)
     for w in info["warnings"]:
         print(f"mathtune: warning: {w}")

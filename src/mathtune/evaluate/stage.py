@@ -17,6 +17,7 @@ from mathtune.evaluate.protocols import Protocol, encode_prompt, get_protocol, p
 from mathtune.evaluate.score import grade_row
 from mathtune.evaluate.stats import majority
 from mathtune.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, repair_jsonl
+from mathtune.distributed import barrier, gather, is_main, rank_and_world
 from mathtune.models import ensure_local, first_line, load_model, load_tokenizer, pick_device, torch_dtype
 
 
@@ -56,22 +57,36 @@ def shots_for(protocol: Protocol, cfg) -> list[tuple[str, str]]:
 
 
 def _resumable(out: Path, test: list[dict], answer) -> int:
-    """Write one row per test question into `out`, in test order, resuming from `out`'s .partial file.
+    """Write one row per test question into `out`, in test order, resuming from `out`'s .partial files.
 
-    answer(todo) yields finished rows (any order) for the questions not yet in the partial file; each is
-    appended and flushed at once. Returns the number of questions answered in this call.
+    answer(todo) yields finished rows (any order) for the questions not answered yet; each is appended and flushed
+    at once. Under `accelerate launch` each process answers its share of them into its own .partial.rankN file and
+    the main process merges the files. Returns the number of questions answered in this call, by all processes.
     """
+    rank, world = rank_and_world()
     partial = out.with_name(out.stem + ".partial.jsonl")
-    done = {r["id"] for r in repair_jsonl(partial)}
+    mine = partial if world == 1 else out.with_name(f"{out.stem}.partial.rank{rank}.jsonl")
+    done = {r["id"] for f in _partials(out) for r in (repair_jsonl(f) if f == mine else read_jsonl(f, True))}
     todo = [r for r in test if r["id"] not in done]
-    for row in answer(todo) if todo else ():
-        append_jsonl(partial, row)
-    by_id = {r["id"]: r for r in read_jsonl(partial)} if partial.exists() else {}
-    if set(by_id) != {r["id"] for r in test}:
-        raise MathtuneError(f"{partial}: its questions do not match the test rows; delete it or rerun with --force")
-    atomic_write_jsonl(out, [by_id[r["id"]] for r in test])
-    partial.unlink()
+    barrier()  # every process has read what was done before any of them appends
+    share = todo[rank::world]
+    for row in answer(share) if share else ():
+        append_jsonl(mine, row)
+    barrier()
+    if is_main():
+        by_id = {r["id"]: r for f in _partials(out) for r in read_jsonl(f, True)}
+        if set(by_id) != {r["id"] for r in test}:
+            raise MathtuneError(f"{partial}: its questions do not match the test rows; delete it or rerun with --force")
+        atomic_write_jsonl(out, [by_id[r["id"]] for r in test])
+        for f in _partials(out):
+            f.unlink()
+    barrier()
     return len(todo)
+
+
+def _partials(out: Path) -> list[Path]:
+    """The .partial file of a single process and the .partial.rankN files of several (a resume may mix them)."""
+    return sorted(out.parent.glob(f"{out.stem}.partial*.jsonl"))
 
 
 def oom_explained(rows, e, longest_prompt: int):
@@ -142,6 +157,7 @@ def predict(cfg, tokenizer, protocol: Protocol, shots, test: list[dict], adapter
     start = time.time()
     _resumable(out, test, greedy)
     seconds = time.time() - start
+    generated = sum(gather(generated))  # every process's share
     rows = read_jsonl(out)
     n_correct = sum(r["correct"] for r in rows)
     summary = {
@@ -186,8 +202,10 @@ def run_eval(cfg, run_dir: Path) -> dict:
             raise MathtuneError(f"{adapter}: no adapter; run `mathtune train {run_dir}` first")
         summary[name] = predict(cfg, tokenizer, protocol, shots, test, adapter, out)
         s = summary[name]
-        print(f"mathtune: {name}: {s['correct']}/{s['n']} correct ({100 * s['accuracy']:.1f}%), protocol {protocol.name}")
-        atomic_write_json(run_dir / "eval.json", {**previous, **summary})
+        if is_main():
+            print(f"mathtune: {name}: {s['correct']}/{s['n']} correct ({100 * s['accuracy']:.1f}%), "
+                  f"protocol {protocol.name}")
+            atomic_write_json(run_dir / "eval.json", {**previous, **summary})
     return summary
 
 
@@ -202,6 +220,7 @@ def eval_standalone(cfg, adapter: Path | None, split: str, out: Path) -> dict:
     tokenizer = _tokenizer(cfg)
     protocol = resolve_protocol(cfg, tokenizer)
     summary = predict(cfg, tokenizer, protocol, shots_for(protocol, cfg), rows, adapter, out)
-    atomic_write_json(out.with_suffix(".summary.json"), {"model": cfg.model.name, "adapter": str(adapter or ""),
-                                                          "split": split, **summary})
+    if is_main():
+        atomic_write_json(out.with_suffix(".summary.json"), {"model": cfg.model.name, "adapter": str(adapter or ""),
+                                                              "split": split, **summary})
     return summary

@@ -153,7 +153,14 @@ def _cost(a: dict) -> list[Block]:
     else:
         text = (f"A CPU run: $0 of GPU time; wall time {c['wall_seconds'] / 60:.1f} minutes on {c['device']}"
                 + (f", costed at ${c['price_per_gpu_hour']:.2f}/h: ${c['dollars']:.2f}." if c["dollars"] else "."))
-    return [("h2", "Cost"), ("table", ["stage", "wall time (s)"], rows), ("p", text)]
+    blocks = [("h2", "Cost"), ("table", ["stage", "wall time (s)"], rows), ("p", text)]
+    p = c.get("predicted") or {}
+    if "train_seconds" in p:
+        actual = c["stages_seconds"]
+        blocks.append(("p", f"Predicted before the run by mathtune estimate: training {p['train_seconds']:.0f} s "
+                            f"(actual {actual.get('train', 0):.0f} s), evaluation {p['eval_seconds']:.0f} s (actual "
+                            f"{actual.get('eval', 0):.0f} s), ${p['dollars']:.2f}. Basis: {p['basis']}."))
+    return blocks
 
 
 def _reproducibility(a: dict) -> list[Block]:

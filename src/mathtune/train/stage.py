@@ -31,23 +31,44 @@ def lora_config(lora):
     )
 
 
+def batching(cfg, device: str) -> str:
+    """train.batching with auto resolved (config.py says what each layout is and why)."""
+    if cfg.train.batching != "auto":
+        return cfg.train.batching
+    if device == "cpu":
+        return "per_sequence"
+    return "padding_free" if cfg.model.attn_implementation == "flash_attention_2" else "padded"
+
+
 def sft_args(cfg, run_dir: Path, device: str, resuming: bool = False):
     from trl import SFTConfig
 
+    return SFTConfig(**sft_kwargs(cfg, run_dir, device, resuming))
+
+
+def sft_kwargs(cfg, run_dir: Path, device: str, resuming: bool = False) -> dict:
+    """mathtune's SFTConfig arguments from its config (a dict, so the benchmark can run the same settings)."""
     t = cfg.train
     early = t.early_stopping_patience > 0
-    return SFTConfig(
+    layout = batching(cfg, device)
+    # per_sequence: the same rows per optimizer step, fed one at a time. The Trainer passes the step's token count
+    # to every micro-batch's loss (num_items_in_batch), so the loss is the padded batch's: sum over tokens / tokens.
+    rows_at_once = 1 if layout == "per_sequence" else t.batch_size
+    accumulate = t.grad_accum * (t.batch_size if layout == "per_sequence" else 1)
+    return dict(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         learning_rate=t.learning_rate,
-        per_device_train_batch_size=t.batch_size,
+        per_device_train_batch_size=rows_at_once,
         per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
+        gradient_accumulation_steps=accumulate,
+        padding_free=layout == "padding_free",
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         weight_decay=t.weight_decay,
-        max_length=t.max_length,
+        # TRL does not truncate padding-free rows (it refuses max_length there): run_train cuts them itself.
+        max_length=None if layout == "padding_free" else t.max_length,
         completion_only_loss=True,  # loss on the answer tokens only
         logging_steps=t.logging_steps,
         eval_strategy="steps",
@@ -64,6 +85,7 @@ def sft_args(cfg, run_dir: Path, device: str, resuming: bool = False):
         bf16=t.bf16,
         # TRL turns gradient checkpointing on by default; we set it explicitly (off unless memory needs it).
         activation_checkpointing=t.gradient_checkpointing,
+        torch_compile=t.compile,
         use_cpu=device == "cpu",
         seed=t.seed,
         data_seed=t.seed,
@@ -96,14 +118,17 @@ def trim_metrics(path: Path, up_to_step: int | None) -> None:
         atomic_write_jsonl(path, keep)
 
 
-def run_train(cfg, run_dir: Path, is_main: bool = True) -> dict:
+def run_train(cfg, run_dir: Path) -> dict:
     import datasets
     import torch
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
 
+    from mathtune.distributed import barrier, is_main as main_process
     from mathtune.train.guards import NonFiniteGuard
     from mathtune.train.metrics import MetricsLogger
+
+    is_main = main_process()  # under accelerate launch every process trains; the main one writes
 
     device = pick_device(cfg.runtime.device)
     tokenizer = load_tokenizer(cfg.model)
@@ -116,7 +141,9 @@ def run_train(cfg, run_dir: Path, is_main: bool = True) -> dict:
 
     model = load_model(cfg.model, device)
     resume_from = last_checkpoint(run_dir)
-    trim_metrics(run_dir / "metrics.jsonl", int(resume_from.name.split("-")[-1]) if resume_from else None)
+    if is_main:
+        trim_metrics(run_dir / "metrics.jsonl", int(resume_from.name.split("-")[-1]) if resume_from else None)
+    barrier()
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
     price = hourly_price(cfg.cost.model_dump(), gpu, torch.cuda.device_count() if gpu else None)["price_per_hour"]
     logger = MetricsLogger(run_dir / "metrics.jsonl", price, is_main, resumed=bool(resume_from))
@@ -132,6 +159,8 @@ def run_train(cfg, run_dir: Path, is_main: bool = True) -> dict:
         peft_config=lora_config(cfg.lora),
         callbacks=callbacks,
     )
+    if trainer.args.padding_free:
+        _truncate_rows(trainer, cfg.train.max_length)
     if resume_from:
         print(f"mathtune: resuming training from {resume_from}")
     start = time.time()
@@ -157,15 +186,30 @@ def run_train(cfg, run_dir: Path, is_main: bool = True) -> dict:
         "train_seconds": round(seconds, 2),
         "train_loss_mean": result.training_loss,
         "tokens": int(getattr(trainer, "_total_train_tokens", 0)),
+        "batching": batching(cfg, device),
         "resumed_from": str(resume_from) if resume_from else None,
     }
+    # Under FSDP the LoRA weights are sharded: gathering them is collective, so every process takes part.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.is_fsdp_enabled else None
     if is_main:
         tmp = run_dir / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        trainer.model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
+        trainer.model.save_pretrained(tmp, state_dict=state_dict)  # adapter_config.json + adapter_model.safetensors
         atomic_replace_dir(tmp, run_dir / "adapter")
         atomic_write_json(run_dir / "train.json", summary)
     return summary
+
+
+def _truncate_rows(trainer, max_length: int) -> None:
+    """TRL leaves padding-free rows untruncated: cut them at train.max_length as it cuts padded ones (keep the start,
+    drop a row left with no answer token), so that every layout trains on the same tokens."""
+    def cut(row):
+        n = len(row["input_ids"])
+        return {k: v[:max_length] for k, v in row.items() if isinstance(v, list) and len(v) == n}
+
+    for name in ("train_dataset", "eval_dataset"):
+        ds = getattr(trainer, name).map(cut)
+        setattr(trainer, name, ds.filter(lambda r: any(label != -100 for label in r["labels"])))
 
 
 def _step_of(checkpoint: str | None) -> int | None:

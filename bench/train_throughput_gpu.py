@@ -1,0 +1,195 @@
+"""LoRA training throughput on a GPU: Gemma-2-9B's architecture with random weights, plain TRL versus mathtune.
+
+No download: the model is built from Gemma-2-9B's config (hidden 3584, intermediate 14336, 42 layers, 16 heads,
+8 KV heads, head_dim 256, vocab 256000, sliding window 4096, soft-caps 50 / 30, query_pre_attn_scalar 256:
+9.24B parameters) in bfloat16 with random weights. The rows are random token ids with GSM8K's lengths (prompt and
+answer token counts of the first train rows, counted with the embedded SmolLM2 tokenizer as a proxy), loss on the
+answer tokens only, LoRA r=8 alpha=16 dropout 0.1 on all linear layers, batch 4, as in the reference study.
+
+- baseline: plain TRL + PEFT, SFTConfig's defaults (padding, TRL's default gradient checkpointing, bf16), eager
+  attention (Gemma-2's soft-capping);
+- mathtune: the training path mathtune builds (sft_kwargs of configs/gemma2-9b-gsm8k.yaml), plus the levers that
+  install here, each recorded: Liger kernels (use_liger_kernel), padding-free rows with flash_attention_2 when
+  flash-attn installs.
+
+FLOPs per trained token (documented, the MFU's numerator): LoRA with frozen base weights costs the forward (2N)
+and the backward through the activations (2N), no weight gradients: 4N, plus attention: per layer 4 * s * d_attn
+forward (QK^T and AV over the causal half of a row of length s: 2 * 2 * s/2 * d_attn * 2) and twice that
+backward, d_attn = heads * head_dim. MFU = FLOPs/s over the GPU's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s).
+
+    python bench/train_throughput_gpu.py [--steps 20] [--warmup 3]     # on the GPU machine
+    python bench/train_throughput_gpu.py --tiny --steps 2 --warmup 0   # a 2-layer model on the CPU: the test
+Writes bench/results/train_throughput_gpu.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import time
+from datetime import date
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import Gemma2Config, Gemma2ForCausalLM, TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+GEMMA2_9B = dict(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=256, vocab_size=256000, sliding_window=4096,
+                 attn_logit_softcapping=50.0, final_logit_softcapping=30.0, query_pre_attn_scalar=256)
+TINY = dict(GEMMA2_9B, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, vocab_size=1024, query_pre_attn_scalar=16)
+
+
+def gsm8k_lengths(gsm8k: Path, n: int):
+    """(prompt tokens, answer tokens) of the first n GSM8K train rows in the plain format, SmolLM2's tokenizer."""
+    from mathtune.config import load_config
+    from mathtune.data.sources import from_jsonl
+    from mathtune.models import load_tokenizer
+
+    tok = load_tokenizer(load_config(ROOT / "configs" / "demo-cpu.yaml").model)
+    rows = from_jsonl(gsm8k, "train")[:n]
+    return tok, [(len(tok(f"Question: {r['question']}\nAnswer:")["input_ids"]), len(tok(" " + r["answer"])["input_ids"]) + 1)
+            for r in rows]
+
+
+def random_rows(lengths, vocab: int, seed: int = 0) -> datasets.Dataset:
+    """Pre-tokenized prompt-completion rows (TRL's input_ids + completion_mask) with the given lengths."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for p, a in lengths:
+        ids = torch.randint(3, vocab, (p + a,), generator=g).tolist()
+        rows.append({"input_ids": ids, "completion_mask": [0] * p + [1] * a})
+    return datasets.Dataset.from_list(rows)
+
+
+def flops_per_token(cfg: dict, params: int, mean_len: float) -> float:
+    d_attn = cfg["num_attention_heads"] * cfg["head_dim"]
+    attention = 3 * 4 * mean_len * d_attn * cfg["num_hidden_layers"] / 2  # fwd + 2x bwd, causal half
+    return 4 * params + attention
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of the steps after the warm-up ones (CUDA synchronised at each step end)."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.warmup == 0:
+            self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if state.global_step == self.warmup:
+            self.start = time.perf_counter()
+        self.end = time.perf_counter()
+
+
+def run_one(name, arch, attn, dataset, args_kw, lora, warmup, device, tokenizer) -> dict:
+    torch.manual_seed(0)
+    config = Gemma2Config(**arch, attn_implementation=attn)
+    with torch.device(device):
+        model = Gemma2ForCausalLM(config).to(torch.bfloat16 if device == "cuda" else torch.float32)
+    params = sum(p.numel() for p in model.parameters())
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    timer = StepTimer(warmup)
+    trainer = SFTTrainer(model=model, args=SFTConfig(**args_kw), train_dataset=dataset, peft_config=lora,
+                         callbacks=[timer], processing_class=tokenizer)
+    trainer.train()
+    steps = args_kw["max_steps"] - warmup
+    rows = steps * args_kw["per_device_train_batch_size"] * args_kw["gradient_accumulation_steps"]
+    first = warmup * args_kw["per_device_train_batch_size"] * args_kw["gradient_accumulation_steps"]
+    timed_rows = dataset.select(range(first, first + rows)) if first + rows <= len(dataset) else dataset
+    tokens = sum(len(r) for r in timed_rows["input_ids"])
+    seconds = timer.end - timer.start
+    mean_len = tokens / max(1, len(timed_rows))
+    out = {"name": name, "attn": attn, "params": params, "steps_timed": steps, "tokens": tokens,
+           "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
+           "flops_per_token": flops_per_token(arch, params, mean_len),
+           "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+           "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)}
+    print(json.dumps({k: out[k] for k in ("name", "tokens_per_s", "peak_memory_gb", "final_loss")}), flush=True)
+    del trainer, model
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--tiny", action="store_true", help="a 2-layer model on the CPU (tests the script)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_throughput_gpu.json"))
+    args = ap.parse_args()
+
+    from mathtune.config import load_config
+    from mathtune.train.stage import lora_config, sft_kwargs
+
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    arch = TINY if args.tiny else GEMMA2_9B
+    cfg = load_config(ROOT / "configs" / "gemma2-9b-gsm8k.yaml")
+    batch = cfg.train.batch_size
+    # SmolLM2's tokenizer counts the lengths and lends the trainer a pad id; the rows are token ids already.
+    tokenizer, lengths = gsm8k_lengths(Path(args.gsm8k), batch * args.steps)
+    dataset = random_rows(lengths, arch["vocab_size"])
+    lora = lora_config(cfg.lora)
+    fixed = dict(output_dir="/tmp/mathtune-gpu-bench", max_steps=args.steps, learning_rate=2e-4, logging_steps=1,
+                 save_strategy="no", eval_strategy="no", report_to="none", seed=42, data_seed=42, disable_tqdm=True,
+                 use_cpu=device == "cpu", bf16=device == "cuda", max_length=cfg.train.max_length)
+    baseline = dict(fixed, per_device_train_batch_size=batch, gradient_accumulation_steps=1)
+    ours = sft_kwargs(cfg, Path("/tmp/mathtune-gpu-bench"), "cuda")
+    ours.update({k: fixed[k] for k in ("output_dir", "max_steps", "logging_steps", "save_strategy", "eval_strategy",
+                                       "disable_tqdm", "use_cpu", "bf16")},
+                eval_on_start=False, load_best_model_at_end=False)
+    levers = {}
+    try:
+        import liger_kernel  # noqa: F401
+
+        levers["use_liger_kernel"] = device == "cuda"
+    except ImportError:
+        pass
+    try:
+        import flash_attn  # noqa: F401
+
+        flash = device == "cuda"
+    except ImportError:
+        flash = False
+    results = [run_one("baseline", arch, "eager", dataset, baseline, lora, args.warmup, device, tokenizer)]
+    results.append(run_one("mathtune", arch, "flash_attention_2" if flash else "eager", dataset,
+                           dict(ours, **levers, padding_free=flash, max_length=None if flash else ours["max_length"]),
+                           lora, args.warmup, device, tokenizer))
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
+    peak = next((v for k, v in PEAK_FLOPS.items() if gpu and k in gpu), None)
+    for r in results:
+        r["mfu"] = round(r["tokens_per_s"] * r["flops_per_token"] / peak, 4) if peak else None
+    base, mt = results
+    out = {"benchmark": "train_throughput_gpu", "model": "gemma-2-9b architecture, random weights" if not args.tiny
+           else "2-layer Gemma-2 (script test on the CPU)", "params": mt["params"],
+           "ratio": round(mt["tokens_per_s"] / base["tokens_per_s"], 2),
+           "baseline_tokens_per_s": base["tokens_per_s"], "mathtune_tokens_per_s": mt["tokens_per_s"],
+           "mfu": mt["mfu"], "baseline_mfu": base["mfu"], "peak_memory_gb": mt["peak_memory_gb"],
+           "baseline_peak_memory_gb": base["peak_memory_gb"], "gpu": gpu, "peak_flops": peak,
+           "levers": {"gradient_checkpointing": False, "flash_attention_2_padding_free": flash, **levers},
+           "settings": results,
+           "machine": {"cores": len(os.sched_getaffinity(0)), "gpu": gpu, "torch": torch.__version__},
+           "date": date.today().isoformat()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps({k: out[k] for k in ("ratio", "baseline_tokens_per_s", "mathtune_tokens_per_s", "mfu",
+                                          "peak_memory_gb", "gpu")}))
+
+
+if __name__ == "__main__":
+    main()

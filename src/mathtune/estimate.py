@@ -1,0 +1,160 @@
+"""Cost before a run: the configured data's tokens x epochs over a measured throughput -> hours and dollars.
+
+Training: tokens of the training rows (prompt and answer, in the format they are trained in) x epochs, plus the
+validation passes (a forward pass costs about a third of a training step), over tokens/s. Evaluation: the test
+questions' generated tokens, taken as their reference answers' length (capped at eval.max_new_tokens), over
+generated tokens/s; the base model too when eval.base.
+
+Throughput comes from the committed benchmarks where one matches the device (THROUGHPUT, checked against
+bench/results by a test); a model of another size is scaled by its parameter count (tokens/s ~ 1/N at a fixed
+share of peak). A GPU without a committed figure is costed from FLOPs: LoRA training ~ 4N FLOPs per token
+(forward 2N, backward through the activations 2N, no weight gradients) at an assumed share of the GPU's dense
+bf16 peak; decoding reads every weight once per step, so a step takes 2N bytes over the memory bandwidth.
+Every assumption is printed with the figure it produced.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mathtune.cost import hourly_price
+
+# Measured on this project's benchmarks (tokens/s on the embedded SmolLM2-135M-Instruct, 2 CPU cores).
+THROUGHPUT = {
+    "cpu": {
+        "params": 134_515_008,
+        "train_tokens_per_s": 262.28,
+        "train_source": "bench/results/train_throughput_cpu.json (mathtune_tokens_per_s)",
+        "eval_tokens_per_s": 124.4,
+        "eval_source": "bench/results/eval_full_test_split.json (tokens_per_s, batch 64)",
+    },
+}
+# Dense bf16 peak FLOP/s and memory bandwidth (bytes/s) of the GPUs in the price table (vendor data sheets).
+GPUS = {
+    "H100": {"peak_flops": 989e12, "bandwidth": 3.35e12},
+    "H200": {"peak_flops": 989e12, "bandwidth": 4.8e12},
+    "A100": {"peak_flops": 312e12, "bandwidth": 2.0e12},
+}
+ASSUMED_MFU = 0.35  # share of peak a LoRA step reaches without a benchmark on that GPU (an assumption, printed)
+ASSUMED_DECODE_EFFICIENCY = 0.5  # share of memory bandwidth a batched decode step reaches (an assumption, printed)
+# Parameter counts of hub models the estimate may meet without their config.json at hand.
+KNOWN_PARAMS = {"google/gemma-2-9b": 9_241_705_984, "google/gemma-2-2b": 2_614_341_888}
+
+
+def count_params(model_name: str) -> int:
+    """Parameters of a model, from its config on the meta device (no weights read), else KNOWN_PARAMS."""
+    if model_name in KNOWN_PARAMS:
+        return KNOWN_PARAMS[model_name]
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mathtune.models import ensure_local
+
+    config = AutoConfig.from_pretrained(ensure_local(model_name))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_tokens(cfg, rows: dict[str, list[dict]], tokenizer) -> dict:
+    """Training tokens (prompt + answer, as trained) of train and val; prompt and answer tokens of test."""
+    from mathtune.data.format import prompt_format, sft_example
+
+    fmt = prompt_format(cfg.model, tokenizer)
+
+    def n(text_or_messages) -> int:
+        if isinstance(text_or_messages, list):
+            return len(tokenizer.apply_chat_template(text_or_messages, tokenize=True))
+        return len(tokenizer(text_or_messages, add_special_tokens=False)["input_ids"])
+
+    def trained(r):  # the plain format gets an EOS token appended
+        ex = sft_example(r, fmt, cfg.model)
+        return min(n(ex["prompt"] + ex["completion"]) + (fmt == "plain"), cfg.train.max_length)
+
+    answer_tokens = [min(n(r["answer"]) + 1, cfg.eval.max_new_tokens) for r in rows["test"]]
+    return {"train_rows": len(rows["train"]), "train": sum(map(trained, rows["train"])),
+            "val": sum(map(trained, rows["val"])),
+            "test_generated": sum(answer_tokens), "test_questions": len(rows["test"])}
+
+
+def train_steps(cfg, n_train: int) -> tuple[int, int]:
+    """(optimizer steps, validation passes) the config asks for."""
+    t = cfg.train
+    per_epoch = math.ceil(n_train / (t.batch_size * t.grad_accum))
+    steps = t.max_steps if t.max_steps > 0 else math.ceil(per_epoch * t.epochs)
+    return steps, steps // t.eval_steps + 1  # +1: the base model's validation loss at step 0
+
+
+def throughput(device: str, params: int) -> dict:
+    """tokens/s for training and generation on `device` ("cpu" or a GPU name) for a model of `params`."""
+    if device == "cpu":
+        t = THROUGHPUT["cpu"]
+        scale = t["params"] / params
+        return {"train": t["train_tokens_per_s"] * scale, "eval": t["eval_tokens_per_s"] * scale,
+                "basis": f"measured on SmolLM2-135M ({t['train_source']}; {t['eval_source']}), scaled by "
+                         f"{t['params'] / 1e6:.0f}M / {params / 1e6:.0f}M parameters"}
+    key = next((k for k in GPUS if k.lower() in device.lower()), None)
+    if key is None:
+        raise ValueError(f"no figures for GPU {device!r}; known: {', '.join(GPUS)}")
+    g = GPUS[key]
+    train = g["peak_flops"] * ASSUMED_MFU / (4 * params)
+    # One decode step reads 2N bytes (bf16) and yields one token per sequence in the batch.
+    return {"train": train, "eval_step_seconds": 2 * params / (g["bandwidth"] * ASSUMED_DECODE_EFFICIENCY),
+            "basis": f"{key}: {g['peak_flops'] / 1e12:.0f} TFLOP/s dense bf16 at an assumed {ASSUMED_MFU:.0%} MFU "
+                     f"for training (4N FLOPs per token); decoding at an assumed {ASSUMED_DECODE_EFFICIENCY:.0%} of "
+                     f"{g['bandwidth'] / 1e12:.2f} TB/s (2N bytes per step)"}
+
+
+def estimate(cfg, tokens: dict, params: int, device: str) -> dict:
+    """Predicted seconds and dollars for training and evaluation on `device`."""
+    tp = throughput(device, params)
+    steps, evals = train_steps(cfg, tokens["train_rows"])
+    epochs = steps / max(1, math.ceil(tokens["train_rows"] / (cfg.train.batch_size * cfg.train.grad_accum)))
+    train_s = (tokens["train"] * epochs + tokens["val"] * evals / 3) / tp["train"]
+    models = 2 if cfg.eval.base else 1
+    if "eval" in tp:
+        eval_s = models * tokens["test_generated"] / tp["eval"]
+    else:  # a batch decodes until its longest answer ends: max_new_tokens steps when any is cut
+        batches = math.ceil(tokens["test_questions"] / cfg.eval.batch_size)
+        eval_s = models * batches * cfg.eval.max_new_tokens * tp["eval_step_seconds"]
+    price = hourly_price(cfg.cost.model_dump(), None if device == "cpu" else device)
+    hours = (train_s + eval_s) / 3600
+    return {"device": device, "params": params, "tokens": tokens, "steps": steps, "validation_passes": evals,
+            "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1), "gpu_hours": round(hours, 4)
+            if device != "cpu" else 0.0, "price_per_hour": price["price_per_hour"],
+            "dollars": round(hours * price["price_per_hour"], 2), "basis": tp["basis"]}
+
+
+def tokenizer_or_proxy(model_cfg):
+    """The model's own tokenizer, or (unreachable: a gated or offline hub id) SmolLM2's as a stated proxy."""
+    from mathtune.errors import MathtuneError
+    from mathtune.models import SMOLLM2, load_tokenizer
+
+    try:
+        return load_tokenizer(model_cfg), None
+    except MathtuneError as e:
+        proxy = model_cfg.model_copy(update={"name": SMOLLM2})
+        return load_tokenizer(proxy), f"tokens counted with {SMOLLM2}'s tokenizer as a proxy ({e})"
+
+
+def estimate_run(cfg, rows: dict[str, list[dict]], device: str) -> dict:
+    """The whole estimate for a config and its rows on `device`."""
+    tokenizer, proxy = tokenizer_or_proxy(cfg.model)
+    out = estimate(cfg, count_tokens(cfg, rows, tokenizer), count_params(cfg.model.name), device)
+    out["tokenizer"] = proxy or f"{cfg.model.name}'s own"
+    return out
+
+
+def format_estimate(e: dict) -> str:
+    t = e["tokens"]
+    lines = [
+        f"device: {e['device']}; model: {e['params'] / 1e9:.2f}B parameters; tokenizer: {e['tokenizer']}",
+        f"data: {t['train_rows']} training rows, {t['train']:,} tokens per epoch; {t['val']:,} validation tokens; "
+        f"{t['test_questions']} test questions, ~{t['test_generated']:,} generated tokens per model",
+        f"training: {e['steps']} steps, {e['validation_passes']} validation passes: {e['train_seconds'] / 3600:.2f} h",
+        f"evaluation: {e['eval_seconds'] / 3600:.2f} h",
+        f"cost: {e['gpu_hours']:.2f} GPU-hours x ${e['price_per_hour']:.2f}/h = ${e['dollars']:.2f}"
+        if e["device"] != "cpu" else "cost: $0 of GPU (a CPU run)",
+        f"basis: {e['basis']}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""mathtune estimate: tokens of the configured data over the benchmarks' throughput -> hours and dollars."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mathtune.config import load_config
+from mathtune.estimate import GPUS, THROUGHPUT, estimate, throughput, train_steps
+
+from conftest import ROOT
+
+
+def test_cpu_figures_are_the_committed_benchmarks():
+    cpu = THROUGHPUT["cpu"]
+    train = json.loads((ROOT / "bench" / "results" / "train_throughput_cpu.json").read_text())
+    full = json.loads((ROOT / "bench" / "results" / "eval_full_test_split.json").read_text())
+    assert cpu["train_tokens_per_s"] == train["mathtune_tokens_per_s"]
+    assert cpu["eval_tokens_per_s"] == full["tokens_per_s"]
+
+
+def test_steps_and_validation_passes():
+    cfg = load_config(ROOT / "configs" / "gemma2-9b-gsm8k.yaml")
+    steps, evals = train_steps(cfg, 6725)  # GSM8K train minus 10% validation
+    assert steps == 3 * 1682 and evals == steps // 100 + 1  # ceil(6725 / 4) steps per epoch
+
+
+def test_gpu_estimate_follows_the_flop_model():
+    cfg = load_config(ROOT / "configs" / "gemma2-9b-gsm8k.yaml")
+    tokens = {"train_rows": 4, "train": 1_000_000, "val": 0, "test_generated": 0, "test_questions": 64}
+    e = estimate(cfg, tokens, 9_000_000_000, "H100")
+    per_s = GPUS["H100"]["peak_flops"] * 0.35 / (4 * 9e9)
+    assert e["train_seconds"] == pytest.approx(3 * 1_000_000 / per_s, rel=1e-3)  # 3 epochs of one step each
+    assert e["dollars"] == pytest.approx((e["train_seconds"] + e["eval_seconds"]) / 3600 * 3.00, abs=0.01)
+    with pytest.raises(ValueError):
+        throughput("TPU v5", 1)
+
+
+def _estimate(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # no network here: fail over to the proxy tokenizer at once
+    return subprocess.run([sys.executable, "-m", "mathtune.cli", "estimate", *map(str, args)], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_estimate_the_reference_study(tmp_path, gsm8k):
+    """Gemma-2-9B on all of GSM8K, 3 epochs, on an H100: the hub's tokenizer is out of reach here, so the tokens
+    are counted with the proxy, and the output says so."""
+    res = _estimate("--config", ROOT / "configs" / "gemma2-9b-gsm8k.yaml", "--gpu", "h100", "--json",
+                    tmp_path / "e.json", "data.source=jsonl", f"data.path={gsm8k}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert e["tokens"]["train_rows"] == 6725 and e["tokens"]["test_questions"] == 1319
+    assert e["steps"] == 5046 and 0 < e["dollars"] < 50 and "proxy" in e["tokenizer"]
+    assert "GPU-hours" in res.stdout and "9.24B" in res.stdout
+
+
+def test_estimate_bad_gpu_is_one_line(gsm8k):
+    res = _estimate("--config", ROOT / "configs" / "tiny.yaml", "--gpu", "tpu", f"data.path={gsm8k}")
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [res.stderr.strip()]
+    assert "--gpu" in res.stderr
