@@ -8,7 +8,10 @@ import sys
 import pytest
 
 from mathtune.config import load_config
-from mathtune.estimate import GPUS, THROUGHPUT, estimate, throughput, train_steps
+from mathtune.data.format import sft_example
+from mathtune.data.sources import from_jsonl
+from mathtune.estimate import GPUS, THROUGHPUT, count_tokens, estimate, throughput, train_steps
+from mathtune.models import load_tokenizer
 
 from conftest import ROOT
 
@@ -19,6 +22,23 @@ def test_cpu_figures_are_the_committed_benchmarks():
     full = json.loads((ROOT / "bench" / "results" / "eval_full_test_split.json").read_text())
     assert cpu["train_tokens_per_s"] == train["mathtune_tokens_per_s"]
     assert cpu["eval_tokens_per_s"] == full["tokens_per_s"]
+
+
+def test_chat_rows_are_counted_in_tokens(gsm8k):
+    """The chat format's tokens, checked against the rendered template text tokenized on its own."""
+    cfg = load_config(ROOT / "configs" / "demo-cpu.yaml", [f"data.path={gsm8k}"])
+    tok = load_tokenizer(cfg.model)
+    train = from_jsonl(gsm8k, "train")[:3]
+    test = from_jsonl(gsm8k, "test")[:2]
+    got = count_tokens(cfg, {"train": train, "val": [], "test": test}, tok)
+    expected = 0
+    for r in train:
+        ex = sft_example(r, "chat", cfg.model)
+        text = tok.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=False)
+        expected += len(tok(text, add_special_tokens=False)["input_ids"])
+    assert got["train"] == expected and got["train"] > 3 * 100  # GSM8K rows in the template: 150-500 tokens
+    assert got["train_rows"] == 3 and got["val"] == 0 and got["test_questions"] == 2
+    assert got["test_generated"] == sum(len(tok(r["answer"])["input_ids"]) + 1 for r in test)
 
 
 def test_steps_and_validation_passes():

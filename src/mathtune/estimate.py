@@ -64,7 +64,7 @@ def count_tokens(cfg, rows: dict[str, list[dict]], tokenizer) -> dict:
 
     def n(text_or_messages) -> int:
         if isinstance(text_or_messages, list):
-            return len(tokenizer.apply_chat_template(text_or_messages, tokenize=True))
+            return len(tokenizer.apply_chat_template(text_or_messages, tokenize=True, return_dict=True)["input_ids"])
         return len(tokenizer(text_or_messages, add_special_tokens=False)["input_ids"])
 
     def trained(r):  # the plain format gets an EOS token appended
