@@ -151,9 +151,7 @@ def run_stage(cfg: Config, run_dir: Path, stage: str) -> None:
     the data, writes the report and run.json; all wait for each other at the end of the stage.
     """
     start = time.time()
-    if stage in ("data", "report") and not is_main():
-        pass
-    elif stage == "data":
+    if stage == "data" and is_main():
         from mathtune.data.stage import run_data
 
         run_data(cfg, run_dir)
@@ -165,7 +163,7 @@ def run_stage(cfg: Config, run_dir: Path, stage: str) -> None:
         from mathtune.evaluate.stage import run_eval
 
         run_eval(cfg, run_dir)
-    else:
+    elif stage == "report" and is_main():
         from mathtune.report.build import build_report
 
         build_report(run_dir)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from mathtune.data.format import prompt_format
+from mathtune.distributed import barrier, gather, is_main, rank_and_world
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.extract import extract_answer, is_correct
 from mathtune.evaluate.generate import generate
@@ -17,7 +18,6 @@ from mathtune.evaluate.protocols import Protocol, encode_prompt, get_protocol, p
 from mathtune.evaluate.score import grade_row
 from mathtune.evaluate.stats import majority
 from mathtune.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, repair_jsonl
-from mathtune.distributed import barrier, gather, is_main, rank_and_world
 from mathtune.models import ensure_local, first_line, load_model, load_tokenizer, pick_device, torch_dtype
 
 
@@ -67,6 +67,8 @@ def _resumable(out: Path, test: list[dict], answer) -> int:
     partial = out.with_name(out.stem + ".partial.jsonl")
     mine = partial if world == 1 else out.with_name(f"{out.stem}.partial.rank{rank}.jsonl")
     done = {r["id"] for f in _partials(out) for r in (repair_jsonl(f) if f == mine else read_jsonl(f, True))}
+    if done - {r["id"] for r in test}:  # checked by every process alike, so that none is left at a barrier
+        raise MathtuneError(f"{partial}: its questions do not match the test rows; delete it or rerun with --force")
     todo = [r for r in test if r["id"] not in done]
     barrier()  # every process has read what was done before any of them appends
     share = todo[rank::world]
@@ -75,8 +77,6 @@ def _resumable(out: Path, test: list[dict], answer) -> int:
     barrier()
     if is_main():
         by_id = {r["id"]: r for f in _partials(out) for r in read_jsonl(f, True)}
-        if set(by_id) != {r["id"] for r in test}:
-            raise MathtuneError(f"{partial}: its questions do not match the test rows; delete it or rerun with --force")
         atomic_write_jsonl(out, [by_id[r["id"]] for r in test])
         for f in _partials(out):
             f.unlink()
