@@ -55,8 +55,7 @@ def main() -> None:
     ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--levers", default="16:float32:dynamic,64:float32:dynamic,32:float32:static,"
-                    "64:float32:static,64:bfloat16:static",
+    ap.add_argument("--levers", default="64:float32:dynamic,64:float32:static,64:float32:compact,64:bfloat16:compact",
                     help="batch_size:weights_dtype:kv_cache triples for the engine")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "eval_throughput.json"))
     args = ap.parse_args()

@@ -116,9 +116,12 @@ class EvalConfig(_Strict):
     # Weights dtype for generation: "model" keeps model.dtype. On SmolLM2/CPU bfloat16 generated 2x faster
     # than float32 but changed 42 of 64 greedy answers (bench/results/eval_throughput.json): opt-in only.
     dtype: Literal["model", "float32", "bfloat16", "float16"] = "model"
-    # KV cache: "static" preallocates prompt + max_new_tokens per batch; "dynamic" (transformers' default)
-    # grows it by concatenation every step, which on SmolLM2/CPU took 80% of a decode step at batch 64.
-    kv_cache: Literal["static", "dynamic"] = "static"
+    # KV cache: "compact" (greedy only) is mathtune's decode loop: prompts prefilled in chunks of similar length,
+    # a preallocated cache read only up to its filled length, finished answers dropped from the batch
+    # (evaluate/compact.py); "static" preallocates prompt + max_new_tokens per batch for model.generate;
+    # "dynamic" (transformers' default) grows it by concatenation every step, which on SmolLM2/CPU took 80% of a
+    # decode step at batch 64. Sampling (eval.samples > 1) and sliding-window models use "static" under "compact".
+    kv_cache: Literal["compact", "static", "dynamic"] = "compact"
     # "vllm": generate with vLLM (optional; a GPU machine with vllm installed), same prompts and grader.
     backend: Literal["transformers", "vllm"] = "transformers"
     # maj@k and pass@k: k sampled answers per question besides the greedy one (1 = greedy only).

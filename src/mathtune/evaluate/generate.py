@@ -45,8 +45,12 @@ def generate(
     (the seed is reset per batch, so a resumed evaluation draws the same samples).
     Longest prompts go first, so a batch that does not fit in memory fails at once, not at the end.
     truncated: the answer hit max_new_tokens without an end token or stop string.
-    kv_cache: "static" (one buffer of prompt + max_new_tokens per batch, no copying while decoding) or "dynamic".
+    kv_cache: "compact" (greedy: evaluate/compact.py's loop, no work on padding or finished rows), "static" (one
+    buffer of prompt + max_new_tokens per batch, no copying while decoding) or "dynamic" (transformers' default).
+    compact falls back to static for sampling and for models with sliding-window layers.
     """
+    from mathtune.evaluate import compact
+
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     stops = eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
@@ -55,9 +59,16 @@ def generate(
     decoding = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     if sampling:
         decoding = dict(do_sample=True, temperature=sampling["temperature"], top_p=sampling["top_p"], top_k=None)
+    use_compact = kv_cache == "compact" and not sampling and compact.supports(model)
     bar = tqdm(total=len(prompts), desc=desc, unit="q")
     for start in range(0, len(order), per_batch):
         idx = order[start : start + per_batch]
+        if use_compact:
+            new = compact.greedy(model, tokenizer, [prompts[i] for i in idx], max_new_tokens, stops, pad_id, stop_strings)
+            for j, i in enumerate(idx):
+                yield i, [_finish(new[j], tokenizer, stops, pad_id, stop_strings, max_new_tokens)]
+            bar.update(len(idx))
+            continue
         ids, mask = left_pad([prompts[i] for i in idx], pad_id)
         if sampling:
             torch.manual_seed(sampling["seed"] + start)
@@ -70,7 +81,7 @@ def generate(
             pad_token_id=pad_id,
             stop_strings=list(stop_strings) or None,
             tokenizer=tokenizer if stop_strings else None,
-            cache_implementation="static" if kv_cache == "static" else None,
+            cache_implementation=None if kv_cache == "dynamic" else "static",
             # transformers compiles the forward on a GPU when the cache is static; every batch has its own
             # prompt length, hence cache shape, so that would recompile per batch: off.
             disable_compile=True,
