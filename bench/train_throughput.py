@@ -38,7 +38,7 @@ from mathtune.data.format import sft_example
 from mathtune.data.sources import from_jsonl
 from mathtune.models import load_model, load_tokenizer
 from mathtune.run import cpu_model
-from mathtune.train.stage import lora_config, sft_kwargs
+from mathtune.train.stage import batching, lora_config, sft_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTE = ("levers: no_gradient_checkpointing and +bf16_autocast add to the baseline in turn; +padding_free and "
@@ -163,7 +163,7 @@ def main() -> None:
         "rows": len(rows),
         "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout, "target": cfg.lora.target_modules},
         "batch_size": 8,
-        "mathtune_batching": sft_kwargs(cfg, Path(tmp), "cpu")["per_device_train_batch_size"] == 1 and "per_sequence",
+        "mathtune_batching": batching(cfg, "cpu"),
         "ratio": round(ours["tokens_per_s"] / base["tokens_per_s"], 2) if base and ours else None,
         "baseline_tokens_per_s": base and base["tokens_per_s"],
         "mathtune_tokens_per_s": ours and ours["tokens_per_s"],

@@ -57,7 +57,7 @@ def count_params(model_name: str) -> int:
 
 
 def count_tokens(cfg, rows: dict[str, list[dict]], tokenizer) -> dict:
-    """Training tokens (prompt + answer, as trained) of train and val; prompt and answer tokens of test."""
+    """Training tokens (prompt + answer, as trained) of train and val; expected generated tokens of test."""
     from mathtune.data.format import prompt_format, sft_example
 
     fmt = prompt_format(cfg.model, tokenizer)
@@ -77,11 +77,14 @@ def count_tokens(cfg, rows: dict[str, list[dict]], tokenizer) -> dict:
             "test_generated": sum(answer_tokens), "test_questions": len(rows["test"])}
 
 
+def _steps_per_epoch(cfg, n_train: int) -> int:
+    return max(1, math.ceil(n_train / (cfg.train.batch_size * cfg.train.grad_accum)))
+
+
 def train_steps(cfg, n_train: int) -> tuple[int, int]:
     """(optimizer steps, validation passes) the config asks for."""
     t = cfg.train
-    per_epoch = math.ceil(n_train / (t.batch_size * t.grad_accum))
-    steps = t.max_steps if t.max_steps > 0 else math.ceil(per_epoch * t.epochs)
+    steps = t.max_steps if t.max_steps > 0 else math.ceil(_steps_per_epoch(cfg, n_train) * t.epochs)
     return steps, steps // t.eval_steps + 1  # +1: the base model's validation loss at step 0
 
 
@@ -109,7 +112,7 @@ def estimate(cfg, tokens: dict, params: int, device: str) -> dict:
     """Predicted seconds and dollars for training and evaluation on `device`."""
     tp = throughput(device, params)
     steps, evals = train_steps(cfg, tokens["train_rows"])
-    epochs = steps / max(1, math.ceil(tokens["train_rows"] / (cfg.train.batch_size * cfg.train.grad_accum)))
+    epochs = steps / _steps_per_epoch(cfg, tokens["train_rows"])
     train_s = (tokens["train"] * epochs + tokens["val"] * evals / 3) / tp["train"]
     models = 2 if cfg.eval.base else 1
     if "eval" in tp:
@@ -120,8 +123,8 @@ def estimate(cfg, tokens: dict, params: int, device: str) -> dict:
     price = hourly_price(cfg.cost.model_dump(), None if device == "cpu" else device)
     hours = (train_s + eval_s) / 3600
     return {"device": device, "params": params, "tokens": tokens, "steps": steps, "validation_passes": evals,
-            "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1), "gpu_hours": round(hours, 4)
-            if device != "cpu" else 0.0, "price_per_hour": price["price_per_hour"],
+            "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
+            "gpu_hours": 0.0 if device == "cpu" else round(hours, 4), "price_per_hour": price["price_per_hour"],
             "dollars": round(hours * price["price_per_hour"], 2), "basis": tp["basis"]}
 
 
