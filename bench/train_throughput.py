@@ -1,16 +1,20 @@
-"""LoRA training throughput on the CPU: plain TRL versus mathtune's training path, same process.
+"""LoRA training throughput on the CPU: plain TRL, mathtune's training path, and this CPU's limit, each in its own process.
 
 The embedded SmolLM2-135M-Instruct, the first 256 GSM8K train rows in the chat format, LoRA r=8 alpha=16
-dropout 0.1 on all linear layers, batch 8, lr 2e-4, seed 42, the same number of optimizer steps.
+dropout 0.1 on all linear layers, batch 8, lr 2e-4, seed 42.
 
 - baseline: what a user writes with plain TRL: SFTTrainer + peft.LoraConfig, SFTConfig's defaults (padding to
   the longest row, TRL's default gradient checkpointing, its fused completion-only LM head) in float32;
-- levers: the baseline with mathtune's settings switched on one at a time, cumulatively (fewer steps: a rate);
-- mathtune: SFTConfig built by mathtune's own sft_kwargs from configs/demo-cpu.yaml, as `mathtune train` runs it
-  (evaluation and checkpoints off here: only the training steps are timed).
+- mathtune: the Trainer `mathtune train` builds (train/stage.py's make_trainer) from configs/demo-cpu.yaml, evaluation
+  and checkpoints off: only the training steps are timed;
+- limit: a hand-written loop with no TRL and no Trainer: the same LoRA model (train/lora.py), bf16 autocast, the same
+  tokens concatenated and cut into equal-length sequences (plain causal attention, no padding, no mask), the LM head
+  on the answer tokens only, AdamW. No per-step extras. Run at three lengths; the fastest is the limit;
+- levers: fewer steps (a rate), each the named change on its own: TRL's settings switched on in turn, then mathtune's
+  path with one of its parts taken out or changed (NOTE says which).
 
-Tokens are the non-padding tokens of the rows trained on, the same count for every setting. Peak RSS is sampled
-from /proc every 50 ms while each setting trains. Writes bench/results/train_throughput_cpu.json.
+Tokens are the non-padding tokens trained on. Peak RSS is sampled from /proc every 50 ms in each setting's own process.
+Writes bench/results/train_throughput_cpu.json.
 
     python bench/train_throughput.py --gsm8k ../shared/data/gsm8k [--steps 32] [--lever-steps 8]
 """
@@ -18,37 +22,28 @@ from /proc every 50 ms while each setting trains. Writes bench/results/train_thr
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from datetime import date
 from pathlib import Path
 
-import datasets
-import torch
-from peft import LoraConfig
-from transformers import TrainerCallback
-from trl import SFTConfig, SFTTrainer
-
-from mathtune.config import load_config
-from mathtune.data.format import sft_example
-from mathtune.data.sources import from_jsonl
-from mathtune.models import load_model, load_tokenizer
-from mathtune.run import cpu_model
-from mathtune.train.stage import batching, lora_config, sft_kwargs
-
 ROOT = Path(__file__).resolve().parents[1]
-NOTE = ("levers: no_gradient_checkpointing and +bf16_autocast add to the baseline in turn; +padding_free and "
-        "+per_sequence are two alternative layouts, each on top of +bf16_autocast; mathtune = +per_sequence as "
-        "mathtune train runs it (32 steps). Peak RSS is sampled in one process shared by every setting, so a later "
-        "setting's figure can include memory the allocator kept from an earlier one.")
+NOTE = ("Each setting ran in its own process. Plain TRL (baseline, trl_*) on the system allocator, mathtune and the "
+        "limit under tcmalloc as mathtune runs itself; trl_tcmalloc and mathtune_allocator_glibc swap that. trl_* levers add to the baseline in turn (gradient checkpointing off, "
+        "then bf16 autocast, then TRL's padding_free or a per-row layout). mathtune_* levers are mathtune's path "
+        "with one change: per_sequence / rows_per_forward=N (the batch layout), torch_dropout (PEFT's nn.Dropout "
+        "instead of FastDropout), float32_frozen (frozen weights cast by autocast on every forward), trl_loss (TRL's "
+        "fused LM head over every position instead of the answer-token loss), compile (torch.compile).")
+LIMIT_LENGTHS = (256, 512, 1024)
 
 
 class PeakRSS:
-    """Highest resident set size seen while the block runs (sampled; the process is shared by all settings)."""
+    """Highest resident set size seen while the block runs (sampled from /proc every 50 ms)."""
 
     def __enter__(self):
         self.peak, self._stop = 0, threading.Event()
@@ -68,17 +63,24 @@ class PeakRSS:
         self._thread.join()
 
 
-class Losses(TrainerCallback):
-    def __init__(self):
-        self.rows = []
+def _losses_callback():
+    from transformers import TrainerCallback
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.rows.append({"step": state.global_step, "loss": logs["loss"]})
+    class Losses(TrainerCallback):
+        def __init__(self):
+            self.rows = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.rows.append({"step": state.global_step, "loss": logs["loss"]})
+
+    return Losses()
 
 
-def baseline_args(out: str, steps: int, **levers) -> SFTConfig:
+def baseline_args(out: str, steps: int, **levers):
     """SFTConfig's defaults but for what the comparison fixes: batch, lr, steps, seed, logging, float32."""
+    from trl import SFTConfig
+
     kw = dict(output_dir=out, per_device_train_batch_size=8, learning_rate=2e-4, max_steps=steps, seed=42,
               data_seed=42, logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
               use_cpu=True, bf16=False, disable_tqdm=True)
@@ -86,20 +88,18 @@ def baseline_args(out: str, steps: int, **levers) -> SFTConfig:
     return SFTConfig(**kw)
 
 
-def mathtune_args(cfg, out: str, steps: int) -> SFTConfig:
+def mathtune_args(cfg, out: str, steps: int):
+    from trl import SFTConfig
+
+    from mathtune.train.stage import sft_kwargs
+
     kw = sft_kwargs(cfg, Path(out), "cpu")
     kw.update(output_dir=out, max_steps=steps, logging_steps=1, save_strategy="no", eval_strategy="no",
               eval_on_start=False, load_best_model_at_end=False, disable_tqdm=True)
     return SFTConfig(**kw)
 
 
-def train_once(name: str, cfg, tokenizer, dataset, args: SFTConfig, peft_config) -> dict:
-    torch.manual_seed(42)
-    model = load_model(cfg.model, "cpu")
-    losses = Losses()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[losses])
-    steps = args.max_steps
+def timed_train(trainer, losses) -> dict:
     with PeakRSS() as rss:
         start = time.perf_counter()
         trainer.train()
@@ -107,14 +107,231 @@ def train_once(name: str, cfg, tokenizer, dataset, args: SFTConfig, peft_config)
     # TRL's count of the non-padding tokens trained on (attention-mask sum, or the packed row's length): the same
     # rows in the same order for every setting (one seed), so the same count; the JSON shows it per setting.
     tokens = int(trainer._total_train_tokens)
-    result = {"name": name, "steps": steps, "tokens": tokens, "seconds": round(seconds, 2),
-              "tokens_per_s": round(tokens / seconds, 2), "peak_rss_gb": round(rss.peak / 2**30, 2),
-              "losses": losses.rows, "final_loss": losses.rows[-1]["loss"] if losses.rows else None}
-    print(f"{name}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s, "
-          f"final loss {result['final_loss']}, peak RSS {result['peak_rss_gb']} GB", flush=True)
-    del trainer, model
-    gc.collect()
+    return {"steps": trainer.state.global_step, "tokens": tokens, "seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 2), "peak_rss_gb": round(rss.peak / 2**30, 2),
+            "losses": losses.rows, "final_loss": losses.rows[-1]["loss"] if losses.rows else None}
+
+
+def run_trl(cfg, dataset, tmp: str, steps: int, **levers) -> dict:
+    import torch
+    from trl import SFTTrainer
+
+    from mathtune.models import load_model, load_tokenizer
+    from mathtune.train.lora import lora_config
+
+    torch.manual_seed(42)
+    losses = _losses_callback()
+    trainer = SFTTrainer(model=load_model(cfg.model, "cpu"), args=baseline_args(tmp, steps, **levers),
+                         train_dataset=dataset, processing_class=load_tokenizer(cfg.model),
+                         peft_config=lora_config(cfg.lora), callbacks=[losses])
+    return timed_train(trainer, losses)
+
+
+def run_mathtune(cfg, dataset, tmp: str, steps: int, change: str = "") -> dict:
+    """mathtune's Trainer as `mathtune train` builds it, with at most one change (a lever taken out)."""
+    import torch
+    from torch import nn
+
+    import mathtune.train.loss as loss_module
+    import mathtune.train.stage as stage
+    from mathtune.models import load_tokenizer
+    from mathtune.train import lora
+
+    if change == "torch_dropout":
+        lora.fast_dropout = lambda model: 0
+    if change == "float32_frozen":
+        lora.frozen_linear_to_bf16 = lambda model: 0
+    if change == "trl_loss":
+        from trl import SFTTrainer
+
+        loss_module.CompletionLossTrainer = SFTTrainer
+    if change == "compile":
+        cfg.train.compile = True
+    torch.manual_seed(42)
+    losses = _losses_callback()
+    trainer = stage.make_trainer(cfg, "cpu", load_tokenizer(cfg.model), mathtune_args(cfg, tmp, steps), dataset,
+                                 callbacks=[losses])
+    drops = sum(isinstance(m, nn.Dropout) for m in trainer.model.modules())
+    result = timed_train(trainer, losses)
+    result["torch_dropout_modules"] = drops
     return result
+
+
+def limit_batches(cfg, rows, length: int) -> tuple[list, list]:
+    """The rows' tokens (prompt + answer, as TRL tokenizes them) concatenated and cut into sequences of `length`;
+    labels -100 on prompt tokens. Returns (input_ids sequences, label sequences)."""
+    from trl import SFTConfig, SFTTrainer
+
+    from mathtune.models import load_model, load_tokenizer
+
+    # TRL's own tokenization of the dataset (chat template, answer-only labels, EOS), so the tokens are the same.
+    tok = load_tokenizer(cfg.model)
+    probe = SFTTrainer(model=load_model(cfg.model, "cpu"), train_dataset=rows, processing_class=tok,
+                       args=SFTConfig(output_dir=tempfile.mkdtemp(), report_to="none", use_cpu=True,
+                                      max_length=cfg.train.max_length))
+    ids, labels = [], []
+    for row in probe.train_dataset:
+        ids += row["input_ids"]
+        labels += row["labels"]  # -100 on the prompt tokens
+    n = len(ids) // length
+    return ([ids[i * length:(i + 1) * length] for i in range(n)], [labels[i * length:(i + 1) * length] for i in range(n)])
+
+
+def run_limit(cfg, dataset, length: int, tokens_per_step: int = 2048, per_forward: int | None = None) -> dict:
+    """The hand-written loop (module docstring): forward, backward, AdamW step; nothing else."""
+    import torch
+    import torch.nn.functional as F
+
+    from mathtune.models import load_model
+    from mathtune.train.lora import lora_model
+
+    seqs, labels = limit_batches(cfg, dataset, length)
+    torch.manual_seed(42)
+    model = lora_model(load_model(cfg.model, "cpu"), cfg.lora, bf16_autocast=True)
+    model.train()
+    causal_lm = model.get_base_model()
+    backbone, head = causal_lm.base_model, causal_lm.get_output_embeddings()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate)
+    per_step = max(1, tokens_per_step // length)
+    per_forward = per_forward or per_step
+    losses = []
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        for s in range(0, len(seqs), per_step):
+            scored_in_step = sum(t != -100 for row in labels[s:s + per_step] for t in row[1:])
+            step_loss = 0.0
+            for f in range(s, min(s + per_step, len(seqs)), per_forward):
+                x = torch.tensor(seqs[f:f + per_forward])
+                y = torch.tensor(labels[f:f + per_forward])[:, 1:]
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    hidden = backbone(input_ids=x).last_hidden_state[:, :-1]
+                    scored = y != -100
+                    loss = F.cross_entropy(head(hidden[scored]).float(), y[scored], reduction="sum") / scored_in_step
+                loss.backward()
+                step_loss += loss.item()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append({"step": len(losses) + 1, "loss": step_loss})
+        seconds = time.perf_counter() - start
+    tokens = len(seqs) * length
+    return {"steps": len(losses), "length": length, "per_forward": per_forward, "tokens": tokens, "seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 2), "peak_rss_gb": round(rss.peak / 2**30, 2),
+            "losses": losses, "final_loss": losses[-1]["loss"]}
+
+
+def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
+    """name -> what the child process runs. Plain TRL runs on the system allocator, as a user runs it; mathtune and
+    the limit under tcmalloc, as `mathtune` runs itself (allocator.py); two levers swap them."""
+    out = [("baseline", {"kind": "trl", "steps": steps, "allocator": "system"}),
+           ("mathtune", {"kind": "mathtune", "steps": steps})]
+    out += [(f"limit_{n}", {"kind": "limit", "length": n}) for n in LIMIT_LENGTHS]
+    out += [("limit_512_one_per_forward", {"kind": "limit", "length": 512, "per_forward": 1})]
+    out += [("trl_tcmalloc", {"kind": "trl", "steps": lever_steps}),
+            ("mathtune_allocator_glibc", {"kind": "mathtune", "steps": lever_steps, "allocator": "system"})]
+    out += [("trl_no_gradient_checkpointing", {"kind": "trl", "steps": lever_steps,
+                                               "levers": {"gradient_checkpointing": False}}),
+            ("trl_bf16_autocast", {"kind": "trl", "steps": lever_steps,
+                                   "levers": {"gradient_checkpointing": False, "bf16": True}}),
+            ("trl_padding_free", {"kind": "trl", "steps": lever_steps,
+                                  "levers": {"gradient_checkpointing": False, "bf16": True, "padding_free": True,
+                                             "max_length": None}}),
+            ("trl_per_sequence", {"kind": "trl", "steps": lever_steps,
+                                  "levers": {"gradient_checkpointing": False, "bf16": True,
+                                             "per_device_train_batch_size": 1, "gradient_accumulation_steps": 8}})]
+    for name, spec in out:
+        if name.startswith("trl_") and name != "trl_tcmalloc":
+            spec["allocator"] = "system"
+    out += [(f"mathtune_{c}", {"kind": "mathtune", "steps": lever_steps, "change": c})
+            for c in ("torch_dropout", "float32_frozen", "trl_loss", "compile")]
+    out += [("mathtune_per_sequence", {"kind": "mathtune", "steps": lever_steps, "overrides": ["train.batching=per_sequence"]})]
+    out += [(f"mathtune_rows_per_forward={n}", {"kind": "mathtune", "steps": lever_steps,
+                                                "overrides": [f"train.rows_per_forward={n}"]}) for n in (1, 2, 4, 8)]
+    return out
+
+
+def child(spec: dict, gsm8k: str, config: str, n_rows: int) -> dict:
+    import datasets
+    import torch
+
+    from mathtune.config import load_config
+    from mathtune.data.format import sft_example
+    from mathtune.data.sources import from_jsonl
+
+    cfg = load_config(config, [f"data.path={gsm8k}", *spec.get("overrides", [])])
+    rows = from_jsonl(Path(gsm8k), "train")[:n_rows]
+    dataset = datasets.Dataset.from_list([sft_example(r, "chat", cfg.model) for r in rows])
+    tmp = tempfile.mkdtemp(prefix="mathtune-bench-")
+    if spec["kind"] == "trl":
+        result = run_trl(cfg, dataset, tmp, spec["steps"], **spec.get("levers", {}))
+    elif spec["kind"] == "mathtune":
+        result = run_mathtune(cfg, dataset, tmp, spec["steps"], spec.get("change", ""))
+        from mathtune.train.stage import batching
+
+        result["batching"] = batching(cfg, "cpu")
+        result["rows_per_forward"] = cfg.train.rows_per_forward
+    else:
+        result = run_limit(cfg, dataset, spec["length"], per_forward=spec.get("per_forward"))
+    from mathtune.allocator import current
+
+    result["threads"] = torch.get_num_threads()
+    result["allocator"] = current()
+    return result
+
+
+def child_env(name: str) -> dict:
+    from mathtune.allocator import find_tcmalloc
+
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    if name == "tcmalloc":
+        lib = find_tcmalloc()
+        if lib is None:
+            sys.exit("tcmalloc not found: apt-get install libtcmalloc-minimal4 (make setup does)")
+        env["LD_PRELOAD"] = lib
+    return env
+
+
+def machine() -> dict:
+    import torch
+
+    from mathtune.run import cpu_model
+
+    return {"cores": len(os.sched_getaffinity(0)), "cpu": cpu_model(), "gpu": None, "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def summary(results: dict, n_rows: int, cfg) -> dict:
+    base, ours = results.get("baseline"), results.get("mathtune")
+    limits = {k: v for k, v in results.items() if k.startswith("limit_")}
+    best = max(limits.values(), key=lambda r: r["tokens_per_s"]) if limits else None
+    ratio = lambda a, b: round(a["tokens_per_s"] / b["tokens_per_s"], 3) if a and b else None  # noqa: E731
+    return {
+        "benchmark": "train_throughput_cpu",
+        "model": cfg.model.name,
+        "rows": n_rows,
+        "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout, "target": cfg.lora.target_modules},
+        "batch_size": cfg.train.batch_size,
+        "mathtune_batching": ours and ours.get("batching"),
+        "mathtune_rows_per_forward": ours and ours.get("rows_per_forward"),
+        "ratio": ratio(ours, base),
+        "limit_ratio": ratio(ours, best),
+        "limit_length": best and best["length"],
+        "baseline_tokens_per_s": base and base["tokens_per_s"],
+        "mathtune_tokens_per_s": ours and ours["tokens_per_s"],
+        "limit_tokens_per_s": best and best["tokens_per_s"],
+        "baseline_final_loss": base and base["final_loss"],
+        "mathtune_final_loss": ours and ours["final_loss"],
+        "final_loss_diff_pct": round(100 * (ours["final_loss"] - base["final_loss"]) / base["final_loss"], 2)
+        if base and ours else None,
+        "peak_rss_gb": ours and ours["peak_rss_gb"],
+        "baseline_peak_rss_gb": base and base["peak_rss_gb"],
+        "limit_peak_rss_gb": best and best["peak_rss_gb"],
+        "levers_note": NOTE,
+        "settings": [{"name": k, **{f: v for f, v in r.items() if f != "losses"},
+                      **({"x_baseline": ratio(r, base)} if base else {})} for k, r in results.items()],
+        "loss_curves": {k: r["losses"] for k, r in results.items() if k in ("baseline", "mathtune")},
+        "machine": machine(),
+        "date": date.today().isoformat(),
+    }
 
 
 def main() -> None:
@@ -122,69 +339,39 @@ def main() -> None:
     ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--steps", type=int, default=32, help="optimizer steps of the baseline and mathtune (256 / 8)")
-    ap.add_argument("--lever-steps", type=int, default=8, help="optimizer steps of each intermediate lever")
+    ap.add_argument("--lever-steps", type=int, default=8, help="optimizer steps of each lever")
     ap.add_argument("--config", default=str(ROOT / "configs" / "demo-cpu.yaml"))
     ap.add_argument("--only", default="", help="comma-separated setting names to run (default: all)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_throughput_cpu.json"))
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # JSON spec: run one setting in this process
     args = ap.parse_args()
 
-    cfg = load_config(args.config, [f"data.path={args.gsm8k}"])
-    tokenizer = load_tokenizer(cfg.model)
-    rows = from_jsonl(Path(args.gsm8k), "train")[: args.rows]
-    dataset = datasets.Dataset.from_list([sft_example(r, "chat", cfg.model) for r in rows])
-    lora = lora_config(cfg.lora)  # r=8, alpha=16, dropout 0.1, all-linear: the same for every setting
-    tmp = tempfile.mkdtemp(prefix="mathtune-bench-")
+    if args.child:
+        print("RESULT " + json.dumps(child(json.loads(args.child), args.gsm8k, args.config, args.rows)), flush=True)
+        return
+    from mathtune.config import load_config
 
-    # Cumulative up to bf16; then the two batch layouts, each on top of it (NOTE).
-    settings = [
-        ("baseline", args.steps, lambda: baseline_args(tmp, args.steps)),
-        ("no_gradient_checkpointing", args.lever_steps,
-         lambda: baseline_args(tmp, args.lever_steps, gradient_checkpointing=False)),
-        ("+bf16_autocast", args.lever_steps,
-         lambda: baseline_args(tmp, args.lever_steps, gradient_checkpointing=False, bf16=True)),
-        ("+padding_free", args.lever_steps,
-         lambda: baseline_args(tmp, args.lever_steps, gradient_checkpointing=False, bf16=True, padding_free=True,
-                               max_length=None)),
-        ("+per_sequence", args.lever_steps,
-         lambda: baseline_args(tmp, args.lever_steps, gradient_checkpointing=False, bf16=True,
-                               per_device_train_batch_size=1, gradient_accumulation_steps=8)),
-        ("mathtune", args.steps, lambda: mathtune_args(cfg, tmp, args.steps)),
-    ]
+    cfg = load_config(args.config, [f"data.path={args.gsm8k}"])
     only = set(filter(None, args.only.split(",")))
     results = {}
-    for name, _, make in settings:
-        if not only or name in only:
-            results[name] = train_once(name, cfg, tokenizer, dataset, make(), lora)
-
-    base, ours = results.get("baseline"), results.get("mathtune")
-    out = {
-        "benchmark": "train_throughput_cpu",
-        "model": cfg.model.name,
-        "rows": len(rows),
-        "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout, "target": cfg.lora.target_modules},
-        "batch_size": 8,
-        "mathtune_batching": batching(cfg, "cpu"),
-        "ratio": round(ours["tokens_per_s"] / base["tokens_per_s"], 2) if base and ours else None,
-        "baseline_tokens_per_s": base and base["tokens_per_s"],
-        "mathtune_tokens_per_s": ours and ours["tokens_per_s"],
-        "baseline_final_loss": base and base["final_loss"],
-        "mathtune_final_loss": ours and ours["final_loss"],
-        "final_loss_diff_pct": round(100 * (ours["final_loss"] - base["final_loss"]) / base["final_loss"], 2)
-        if base and ours else None,
-        "peak_rss_gb": ours and ours["peak_rss_gb"],
-        "baseline_peak_rss_gb": base and base["peak_rss_gb"],
-        "levers_note": NOTE,
-        "levers": [{k: v for k, v in r.items() if k != "losses"} | ({"x_baseline": round(r["tokens_per_s"] /
-                   base["tokens_per_s"], 2)} if base else {}) for r in results.values()],
-        "loss_curves": {name: r["losses"] for name, r in results.items() if r["steps"] == args.steps},
-        "machine": {"cores": len(os.sched_getaffinity(0)), "cpu": cpu_model(), "gpu": None,
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "date": date.today().isoformat(),
-    }
+    for name, spec in settings(args.steps, args.lever_steps):
+        if only and name not in only:
+            continue
+        cmd = [sys.executable, __file__, "--gsm8k", args.gsm8k, "--config", args.config, "--rows", str(args.rows),
+               "--child", json.dumps(spec)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(spec.get("allocator", "tcmalloc")))
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+        results[name] = json.loads(lines[-1][len("RESULT "):])
+        r = results[name]
+        print(f"{name}: {r['tokens']} tokens in {r['seconds']} s = {r['tokens_per_s']} tokens/s, "
+              f"final loss {r['final_loss']}, peak RSS {r['peak_rss_gb']} GB", flush=True)
+    out = summary(results, args.rows, cfg)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("ratio", "baseline_tokens_per_s", "mathtune_tokens_per_s",
-                                          "baseline_final_loss", "mathtune_final_loss", "peak_rss_gb")}))
+    print(json.dumps({k: out[k] for k in ("ratio", "limit_ratio", "baseline_tokens_per_s", "mathtune_tokens_per_s",
+                                          "limit_tokens_per_s", "final_loss_diff_pct", "peak_rss_gb")}))
 
 
 if __name__ == "__main__":

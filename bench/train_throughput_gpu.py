@@ -135,7 +135,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from mathtune.config import load_config
-    from mathtune.train.stage import lora_config, sft_kwargs
+    from mathtune.train.lora import lora_config
+    from mathtune.train.stage import sft_kwargs
 
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     arch = TINY if args.tiny else GEMMA2_9B

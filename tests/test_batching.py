@@ -18,7 +18,8 @@ TINY_CFG = ROOT / "configs" / "tiny.yaml"
 
 def test_auto_layout_by_device():
     cfg = load_config(TINY_CFG)
-    assert batching(cfg, "cpu") == "per_sequence"
+    assert batching(cfg, "cpu") == "packed"
+    assert batching(load_config(TINY_CFG, ["model.attn_implementation=eager"]), "cpu") == "per_sequence"
     assert batching(cfg, "cuda") == "padded"
     assert batching(load_config(TINY_CFG, ["model.attn_implementation=flash_attention_2"]), "cuda") == "padding_free"
     assert batching(load_config(TINY_CFG, ["train.batching=padded"]), "cpu") == "padded"
@@ -61,10 +62,10 @@ def _train_losses(tmp_path, gsm8k, layout: str) -> list[float]:
 
 @pytest.mark.slow
 def test_every_layout_gives_the_padded_loss(tmp_path, gsm8k):
-    """Same rows per step and loss = token sum / token count in all three: the losses agree to float32 rounding
+    """Same rows per step and loss = token sum / token count in all four: the losses agree to float32 rounding
     (the step-1 loss is before any update; later ones after updates made from the same gradients)."""
     padded = _train_losses(tmp_path, gsm8k, "padded")
     assert len(padded) == 4
-    for layout in ("per_sequence", "padding_free"):
+    for layout in ("per_sequence", "packed", "padding_free"):
         got = _train_losses(tmp_path, gsm8k, layout)
         assert got == pytest.approx(padded, rel=1e-4), layout

@@ -53,11 +53,13 @@ def test_overrides_parse_yaml_values():
         ("nosuch.key=1", "nosuch"),
         ("eval.limit=-3", "eval.limit"),
         ("model.plain_template=no placeholder", "model.plain_template"),
+        ("train.rows_per_forward=3", "train.rows_per_forward"),  # tiny.yaml's batch is 4
+        (["train.batching=packed", "model.attn_implementation=eager"], "train.batching"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(MathtuneError) as e:
-        load_config(ROOT / "configs" / "tiny.yaml", [override])
+        load_config(ROOT / "configs" / "tiny.yaml", override if isinstance(override, list) else [override])
     assert key in str(e.value)
     assert "\n" not in str(e.value)
 

@@ -7,7 +7,8 @@ from mathtune.config import load_config
 from mathtune.data.format import prompt_format, sft_example
 from mathtune.evaluate.protocols import PROTOCOLS, encode_prompt
 from mathtune.models import load_model, load_tokenizer
-from mathtune.train.stage import lora_config, sft_args
+from mathtune.train.lora import lora_config
+from mathtune.train.stage import sft_args
 
 from conftest import ROOT
 

@@ -231,6 +231,10 @@ def _close_bars() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if argv is None and args[:1] in (["run"], ["train"], ["eval"]):  # the commands that train or generate
+        from mathtune.allocator import restart_under_tcmalloc
+
+        restart_under_tcmalloc(args)
     _quiet_libraries()
     try:
         cli.main(args=args, prog_name="mathtune", standalone_mode=False)

@@ -96,12 +96,18 @@ class TrainConfig(_Strict):
     gradient_checkpointing: bool = False
     # How a batch of train.batch_size rows reaches the model (the optimizer step and the loss are the same):
     #   padded: one tensor padded to the longest row (TRL's default);
-    #   per_sequence: one row at a time, gradients accumulated over the batch; no padding and no mask, so SDPA
-    #     takes its causal fast path (on a 2-core CPU 1.9x the padded rate: bench/results/train_throughput_cpu.json);
-    #   padding_free: the rows concatenated into one, attention kept per row from position_ids (TRL's
-    #     padding_free; wants flash_attention_2 on a GPU, where a dense block mask is not built);
-    #   auto: per_sequence on a CPU, padding_free with flash_attention_2, else padded.
-    batching: Literal["auto", "padded", "per_sequence", "padding_free"] = "auto"
+    #   per_sequence: one row at a time, gradients accumulated over the batch; no padding and no mask;
+    #   packed: train.rows_per_forward rows at a time, concatenated into one sequence, attention run per row
+    #     (train/packing.py): big matrix products, no padding, no mask (the CPU default:
+    #     bench/results/train_throughput_cpu.json);
+    #   padding_free: TRL's padding_free, the rows concatenated, attention kept per row from position_ids by
+    #     the attention implementation itself (flash_attention_2 on a GPU; with SDPA a dense block mask is built);
+    #   auto: packed on a CPU with SDPA attention, per_sequence with eager attention (Gemma-2's soft-capping);
+    #     padding_free with flash_attention_2, else padded.
+    batching: Literal["auto", "padded", "per_sequence", "packed", "padding_free"] = "auto"
+    # packed: rows per forward pass (divides batch_size). 2 rows of GSM8K are ~500 tokens: measured fastest on
+    # 2 CPU cores, and memory grows with it. None = the whole batch.
+    rows_per_forward: Optional[int] = Field(None, gt=0)
     compile: bool = False  # torch.compile the model (TrainingArguments.torch_compile)
     seed: int = 42
 
@@ -175,6 +181,11 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _check_sources(self) -> "Config":
+        t = self.train
+        if t.rows_per_forward is not None and t.batch_size % t.rows_per_forward:
+            raise ValueError(f"train.rows_per_forward: must divide train.batch_size ({t.batch_size})")
+        if t.batching == "packed" and self.model.attn_implementation not in (None, "sdpa"):
+            raise ValueError("train.batching: packed runs SDPA per row; it needs model.attn_implementation: sdpa")
         d = self.data
         if d.source == "jsonl" and not d.path:
             raise ValueError("data.path: required when data.source is jsonl")

@@ -168,6 +168,10 @@ def load_model(model_cfg, device: str):
 
     path = ensure_local(model_cfg.name)
     kwargs = dict(dtype=torch_dtype(model_cfg.dtype), trust_remote_code=model_cfg.trust_remote_code)
+    if device == "cpu":
+        # Read into process memory rather than mapped from the file: training casts the frozen weights to bfloat16
+        # (train/lora.py), and a mapped float32 file would stay resident beside the copies (+0.4 GB on SmolLM2).
+        kwargs["disable_mmap"] = True
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     local = Path(path).is_dir()

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from mathtune import allocator
 from mathtune.config import Config, config_hash, config_to_yaml, diff_keys, load_config
 from mathtune.distributed import barrier, is_main
 from mathtune.errors import MathtuneError
@@ -52,7 +53,7 @@ def environment() -> dict:
         except PackageNotFoundError:
             versions[name] = None
     env = {"python": platform.python_version(), "packages": versions, "machine": platform.machine(),
-           "cpu": cpu_model(), "cores": _cores(), "gpu": None}
+           "cpu": cpu_model(), "cores": _cores(), "gpu": None, "allocator": allocator.current()}
     try:
         import torch
 

@@ -12,23 +12,11 @@ from mathtune.data.format import prompt_format, sft_example
 from mathtune.errors import MathtuneError
 from mathtune.io import atomic_replace_dir, atomic_write_json, atomic_write_jsonl, read_jsonl, repair_jsonl
 from mathtune.models import load_model, load_tokenizer, pick_device
+from mathtune.train.lora import lora_model
 
 
 def is_done(run_dir: Path) -> bool:
     return (run_dir / "adapter" / "adapter_model.safetensors").is_file() and (run_dir / "train.json").is_file()
-
-
-def lora_config(lora):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        bias=lora.bias,
-        target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
 
 
 def batching(cfg, device: str) -> str:
@@ -36,7 +24,7 @@ def batching(cfg, device: str) -> str:
     if cfg.train.batching != "auto":
         return cfg.train.batching
     if device == "cpu":
-        return "per_sequence"
+        return "packed" if cfg.model.attn_implementation in (None, "sdpa") else "per_sequence"
     return "padding_free" if cfg.model.attn_implementation == "flash_attention_2" else "padded"
 
 
@@ -51,10 +39,11 @@ def sft_kwargs(cfg, run_dir: Path, device: str, resuming: bool = False) -> dict:
     t = cfg.train
     early = t.early_stopping_patience > 0
     layout = batching(cfg, device)
-    # per_sequence: the same rows per optimizer step, fed one at a time. The Trainer passes the step's token count
-    # to every micro-batch's loss (num_items_in_batch), so the loss is the padded batch's: sum over tokens / tokens.
-    rows_at_once = 1 if layout == "per_sequence" else t.batch_size
-    accumulate = t.grad_accum * (t.batch_size if layout == "per_sequence" else 1)
+    # per_sequence and packed: the same rows per optimizer step, fed a few at a time. The Trainer passes the step's
+    # token count to every micro-batch's loss (num_items_in_batch), so the loss is the padded batch's: sum over tokens
+    # / tokens.
+    rows_at_once = {"per_sequence": 1, "packed": t.rows_per_forward or t.batch_size}.get(layout, t.batch_size)
+    accumulate = t.grad_accum * t.batch_size // rows_at_once
     return dict(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=t.epochs,
@@ -63,12 +52,12 @@ def sft_kwargs(cfg, run_dir: Path, device: str, resuming: bool = False) -> dict:
         per_device_train_batch_size=rows_at_once,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=accumulate,
-        padding_free=layout == "padding_free",
+        padding_free=layout in ("padding_free", "packed"),
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         weight_decay=t.weight_decay,
         # TRL does not truncate padding-free rows (it refuses max_length there): run_train cuts them itself.
-        max_length=None if layout == "padding_free" else t.max_length,
+        max_length=None if layout in ("padding_free", "packed") else t.max_length,
         completion_only_loss=True,  # loss on the answer tokens only
         logging_steps=t.logging_steps,
         eval_strategy="steps",
@@ -118,11 +107,33 @@ def trim_metrics(path: Path, up_to_step: int | None) -> None:
         atomic_write_jsonl(path, keep)
 
 
+def make_trainer(cfg, device: str, tokenizer, args, train_dataset, eval_dataset=None, callbacks=()):
+    """The Trainer `mathtune train` runs (the training benchmark builds the same one): PEFT LoRA with train/lora.py's
+    changes, the configured batch layout, and on a CPU the answer-token loss of train/loss.py (TRL's fused LM head
+    projects every position there, prompt included, and computes entropies; on Triton devices it does not)."""
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    from mathtune.train.loss import CompletionLossTrainer
+
+    set_seed(cfg.train.seed)  # LoRA's A matrices are drawn here, so every run of a config starts from the same ones
+    model = lora_model(load_model(cfg.model, device), cfg.lora, bf16_autocast=cfg.train.bf16)
+    if batching(cfg, device) == "packed":
+        from mathtune.train.packing import use_packed_attention
+
+        use_packed_attention(model)
+    trainer_class = CompletionLossTrainer if device == "cpu" else SFTTrainer
+    trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                            processing_class=tokenizer, callbacks=list(callbacks))
+    if trainer.args.padding_free:
+        _truncate_rows(trainer, cfg.train.max_length)
+    return trainer
+
+
 def run_train(cfg, run_dir: Path) -> dict:
     import datasets
     import torch
     from transformers import EarlyStoppingCallback
-    from trl import SFTTrainer
 
     from mathtune.distributed import barrier, is_main as main_process
     from mathtune.train.guards import NonFiniteGuard
@@ -139,7 +150,6 @@ def run_train(cfg, run_dir: Path) -> dict:
         raise MathtuneError(f"{run_dir / 'data'}: the train and validation splits must both have rows")
     to_ds = lambda rows: datasets.Dataset.from_list([sft_example(r, fmt, cfg.model) for r in rows])  # noqa: E731
 
-    model = load_model(cfg.model, device)
     resume_from = last_checkpoint(run_dir)
     if is_main:
         trim_metrics(run_dir / "metrics.jsonl", int(resume_from.name.split("-")[-1]) if resume_from else None)
@@ -150,17 +160,8 @@ def run_train(cfg, run_dir: Path) -> dict:
     callbacks = [logger, NonFiniteGuard(run_dir / "checkpoints")]
     if cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_args(cfg, run_dir, device, resuming=bool(resume_from)),
-        train_dataset=to_ds(train_rows),
-        eval_dataset=to_ds(val_rows),
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg.lora),
-        callbacks=callbacks,
-    )
-    if trainer.args.padding_free:
-        _truncate_rows(trainer, cfg.train.max_length)
+    trainer = make_trainer(cfg, device, tokenizer, sft_args(cfg, run_dir, device, resuming=bool(resume_from)),
+                           to_ds(train_rows), to_ds(val_rows), callbacks)
     if resume_from:
         print(f"mathtune: resuming training from {resume_from}")
     start = time.time()
@@ -208,6 +209,8 @@ def _truncate_rows(trainer, max_length: int) -> None:
         return {k: v[:max_length] for k, v in row.items() if isinstance(v, list) and len(v) == n}
 
     for name in ("train_dataset", "eval_dataset"):
+        if getattr(trainer, name) is None:
+            continue
         ds = getattr(trainer, name).map(cut)
         setattr(trainer, name, ds.filter(lambda r: any(label != -100 for label in r["labels"])))
 
