@@ -245,7 +245,7 @@ def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
             for c in ("torch_dropout", "float32_frozen", "trl_loss", "compile")]
     out += [("mathtune_per_sequence", {"kind": "mathtune", "steps": lever_steps, "overrides": ["train.batching=per_sequence"]})]
     out += [(f"mathtune_rows_per_forward={n}", {"kind": "mathtune", "steps": lever_steps,
-                                                "overrides": [f"train.rows_per_forward={n}"]}) for n in (1, 2, 4, 8)]
+                                                "overrides": [f"train.rows_per_forward={n}"]}) for n in (1, 4, 8)]
     return out
 
 
