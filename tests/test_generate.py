@@ -1,4 +1,4 @@
-"""The compact greedy loop (eval.kv_cache: compact) answers exactly as model.generate's greedy search does."""
+"""The compact greedy loop (eval.decoder: compact) answers exactly as model.generate's greedy search does."""
 
 from types import SimpleNamespace
 
@@ -8,17 +8,18 @@ from transformers import Gemma2Config, LlamaConfig
 from mathtune.config import load_config
 from mathtune.data.sources import from_jsonl
 from mathtune.evaluate import compact
-from mathtune.evaluate.generate import generate
+from mathtune.evaluate.decoder import Decoding, decode
 from mathtune.evaluate.protocols import encode_prompt, get_protocol, pick_shots
 from mathtune.models import load_model, load_tokenizer
 
 from conftest import ROOT
 
 
-def _answers(model, tok, prompts, kv_cache, stop=(), max_new=96):
+def _answers(model, tok, prompts, decoder, stop=(), max_new=96):
     got = [None] * len(prompts)
-    for i, [r] in generate(model, tok, prompts, len(prompts), max_new, stop, kv_cache, kv_cache=kv_cache):
-        got[i] = r
+    ids = [f"q-{i}" for i in range(len(prompts))]
+    for i, [r] in decode(decoder, model, tok, prompts, ids, Decoding(max_new, tuple(stop)), len(prompts), decoder):
+        got[i] = tuple(r)
     return got
 
 
@@ -61,3 +62,49 @@ def test_compact_stops_on_stop_strings(smollm2, gsm8k):
 def test_sliding_window_models_use_the_static_cache():
     assert compact.supports(SimpleNamespace(config=LlamaConfig(num_hidden_layers=2)))
     assert not compact.supports(SimpleNamespace(config=Gemma2Config(num_hidden_layers=2)))
+
+
+def test_transformers_internals_the_compact_loop_uses():
+    """compact.py builds on transformers' StaticLayer and Cache(layers=...). If an upgrade renames or reshapes them,
+    this fails here, by name, instead of the evaluation producing wrong answers."""
+    import torch
+    from transformers.cache_utils import Cache, StaticLayer
+
+    layer = compact.PrefixLayer(max_cache_len=8)
+    assert isinstance(layer, StaticLayer) and not layer.is_initialized
+    k = torch.zeros(2, 1, 3, 4)
+    layer.lazy_initialization(k, k)
+    assert layer.keys.shape == (2, 1, 8, 4) and layer.values.shape == (2, 1, 8, 4)
+    assert int(layer.cumulative_length) == 0
+    keys, values = layer.update(torch.ones(2, 1, 3, 4), torch.ones(2, 1, 3, 4), {"cache_position": torch.arange(3)})
+    assert int(layer.cumulative_length) == 3 and keys.shape[2] == 3  # attention reads the filled prefix only
+    assert layer.get_mask_sizes(1) == (4, 0)
+    layer.keep_rows(torch.tensor([1]))
+    assert layer.keys.shape[0] == 1
+    cache = Cache(layers=[compact.PrefixLayer(max_cache_len=4) for _ in range(2)])
+    assert len(cache.layers) == 2 and cache.get_seq_length() == 0
+
+
+def test_shared_prefix_is_computed_once_and_answers_the_same(monkeypatch):
+    """Prompts that share a long prefix (a few-shot protocol's examples): the compact loop computes the prefix once
+    and places it in every row; the answers are model.generate's, token for token."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathtune.models import TINY, ensure_local
+
+    model = AutoModelForCausalLM.from_pretrained(ensure_local(TINY)).eval()
+    tok = AutoTokenizer.from_pretrained(ensure_local(TINY))
+    tok.padding_side = "left"
+    torch.manual_seed(0)
+    prefix = torch.randint(10, 5000, (120,)).tolist()
+    prompts = [prefix + torch.randint(10, 5000, (n,)).tolist() for n in (5, 17, 9, 30, 1)]
+    assert compact.shared_prefix(prompts) == 120
+    calls = []
+    real = compact._prefix_cache
+    monkeypatch.setattr(compact, "_prefix_cache", lambda m, p: calls.append(len(p)) or real(m, p))
+    monkeypatch.setattr(compact, "PREFILL_CHUNK", 2)
+    got = _answers(model, tok, prompts, "compact", max_new=12)
+    assert calls == [120]  # once, for every batch
+    assert got == _answers(model, tok, prompts, "static", max_new=12)
+    assert compact.shared_prefix([p[:40] for p in prompts]) == 0  # below SHARED_PREFIX_MIN

@@ -20,11 +20,11 @@ def test_few_shot_is_lm_eval_gsm8k(gsm8k):
     train = from_jsonl(gsm8k, "train")
     shots = pick_shots(p, train)
     assert len(shots) == 5 and shots == pick_shots(p, train)  # fixed, seeded
-    assert all((q, a) in {(r["question"], r["answer"]) for r in train} for q, a in shots)
+    assert all((i, q, a) in {(r["id"], r["question"], r["answer"]) for r in train} for i, q, a in shots)
     text = render_plain(p, Q, shots, "unused {question}")
     blocks = text.split("\n\n")
     assert len(blocks) == 6
-    assert blocks[0] == f"Question: {shots[0][0]}\nAnswer: {shots[0][1]}"
+    assert blocks[0] == f"Question: {shots[0][1]}\nAnswer: {shots[0][2]}"
     assert blocks[-1] == f"Question: {Q}\nAnswer:"
     assert {"Question:", "</s>", "<|im_end|>"} <= set(p.stop)
 
@@ -32,11 +32,12 @@ def test_few_shot_is_lm_eval_gsm8k(gsm8k):
 def test_few_shot_cot_is_lm_eval_gsm8k_cot():
     p = PROTOCOLS["few-shot-cot"]
     shots = pick_shots(p, None)
-    assert shots == COT_EXEMPLARS and len(shots) == 8
+    assert [(q, t) for _, q, t in shots] == COT_EXEMPLARS and len(shots) == 8
+    assert [i for i, _, _ in shots] == [f"cot-{n}" for n in range(1, 9)]
     text = render_plain(p, Q, shots, "unused {question}")
     assert text.startswith("Q: There are 15 trees in the grove.")
     assert text.endswith(f"\n\nQ: {Q}\nA:")
-    assert all(t.rstrip(".").split("The answer is ")[-1].isdigit() for _, t in shots)
+    assert all(t.rstrip(".").split("The answer is ")[-1].isdigit() for _, _, t in shots)
 
 
 def test_plain_is_the_training_template():

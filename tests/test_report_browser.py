@@ -9,8 +9,6 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
-
 from mathtune.analysis.summary import analyze
 from mathtune.report.build import write_report
 

@@ -14,9 +14,9 @@ from mathtune.errors import MathtuneError
 
 
 def _threads(cfg) -> None:
-    import torch
-
     if cfg.runtime.threads:
+        import torch
+
         torch.set_num_threads(cfg.runtime.threads)
 
 
@@ -48,26 +48,28 @@ def run(config_path, out, resume, force, overrides) -> None:
     run_all(cfg, run_dir)
 
 
-def _one_stage(stage: str, run_dir: str, resume: bool = False) -> None:
-    """Redo one stage from the files of the previous ones; with resume, continue it where it stopped."""
-    from mathtune.run import clear_stage, require, run_stage
+def _redo(stage: str, run_dir: str, overrides=(), resume: bool = False) -> None:
+    """Redo one stage of RUN_DIR (continue it with resume); overrides apply to the run or are refused."""
+    from mathtune.run import redo, saved_config
 
     path = Path(run_dir)
-    cfg = require(path, stage)
-    _threads(cfg)
-    if not resume:
-        clear_stage(path, stage)
-    if stage == "train" and not (path / "data" / "test.jsonl").is_file():
-        run_stage(cfg, path, "data")
-    run_stage(cfg, path, stage)
+    if stage != "report":  # the report works on files alone: no torch
+        _threads(saved_config(path))
+    redo(path, stage, list(overrides), resume)
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint instead of starting over.")
-def train(run_dir, resume) -> None:
-    """(Re)train the adapter of RUN_DIR from its config (prepares the data if missing)."""
-    _one_stage("train", run_dir, resume)
+@click.argument("overrides", nargs=-1)
+def train(run_dir, resume, overrides) -> None:
+    """(Re)train the adapter of RUN_DIR from its config (prepares the data if missing). OVERRIDES (key.sub=value) of
+    training keys are written into the run's config; evaluation and report are redone after it."""
+    _redo("train", run_dir, overrides, resume)
+
+
+# `mathtune eval RUN_DIR` evaluates the run's own model, adapter and test rows: these options are for --model.
+MODEL_ONLY = ("adapter", "split", "data", "config_path", "out")
 
 
 @cli.command(name="eval")
@@ -80,42 +82,55 @@ def train(run_dir, resume) -> None:
 @click.option("--data", help="A folder with train.jsonl/test.jsonl, or a hub dataset id (default openai/gsm8k).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config for the other settings.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Predictions JSONL to write (with --model).")
-@click.option("--backend", help="transformers (default) or vllm (optional; a GPU machine with vllm installed).")
+@click.option("--decoder", help="compact (default), static, dynamic (transformers) or vllm (a GPU machine with vllm).")
+@click.option("--calculator", is_flag=True, help="With --model: the GSM8K paper's calculator in the decoding loop.")
 @click.option("--resume", is_flag=True, help="With RUN_DIR: answer only the questions not answered yet.")
 @click.argument("overrides", nargs=-1)
-def eval_(run_dir, model, adapter, protocol, limit, split, data, config_path, out, backend, resume, overrides) -> None:
+def eval_(run_dir, model, adapter, protocol, limit, split, data, config_path, out, decoder, calculator, resume,
+          overrides) -> None:
     """Re-evaluate RUN_DIR, or evaluate any --model on its own (like lm-eval) into --out."""
     if run_dir and "=" in run_dir:  # `eval --model M ... key=value`: the first override lands in RUN_DIR
         run_dir, overrides = None, (run_dir, *overrides)
+    extra = [f"eval.protocol={protocol}"] if protocol else []
+    extra += [f"eval.limit={limit}"] if limit is not None else []
+    extra += [f"eval.decoder={decoder}"] if decoder else []
+    extra += ["eval.calculator=true"] if calculator else []
     if model is None:
         if run_dir is None:
             raise MathtuneError("give a RUN_DIR, or --model and --out to evaluate a model on its own")
-        _one_stage("eval", run_dir, resume)
+        given = dict(adapter=adapter, split=split != "test", data=data, config_path=config_path, out=out)
+        for name in MODEL_ONLY:
+            if given[name]:
+                flag = "--config" if name == "config_path" else f"--{name}"
+                raise MathtuneError(f"{flag}: only with --model; `mathtune eval RUN_DIR` evaluates the run's own "
+                                    f"model, adapter and test rows")
+        _redo("eval", run_dir, [*extra, *overrides], resume)
         return
+    if run_dir is not None:
+        raise MathtuneError(f"{run_dir}: give either a RUN_DIR or --model, not both")
     from mathtune.config import load_config
     from mathtune.evaluate.stage import eval_standalone
 
     if out is None:
         raise MathtuneError("--out is required with --model")
-    extra = [f"model.name={model}"]
-    extra += [f"eval.protocol={protocol}"] if protocol else []
-    extra += [f"eval.limit={limit}"] if limit is not None else []
-    extra += [f"eval.backend={backend}"] if backend else []
+    extra = [f"model.name={model}", *extra]
     if data:
         is_local = Path(data).exists()
         extra += ["data.source=jsonl", f"data.path={data}"] if is_local else ["data.source=hub", f"data.hub_id={data}"]
     cfg = load_config(config_path, [*extra, *overrides])
     _threads(cfg)
     s = eval_standalone(cfg, Path(adapter) if adapter else None, split, Path(out))
+    calls = f", {s['calculator_calls']} calculator calls" if "calculator_calls" in s else ""
     click.echo(f"{cfg.model.name}: {s['correct']}/{s['n']} correct ({100 * s['accuracy']:.1f}%), "
-               f"strict {s['strict_correct']}/{s['n']}, protocol {s['protocol']}; wrote {out}")
+               f"strict {s['strict_correct']}/{s['n']}, protocol {s['protocol']}{calls}; wrote {out}")
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-def report(run_dir) -> None:
-    """(Re)write analysis.json, report.md and report.html of RUN_DIR from its files."""
-    _one_stage("report", run_dir)
+@click.argument("overrides", nargs=-1)
+def report(run_dir, overrides) -> None:
+    """(Re)write analysis.json, report.md and report.html of RUN_DIR from its files (OVERRIDES: cost.* keys)."""
+    _redo("report", run_dir, overrides)
     click.echo(f"mathtune: report written to {Path(run_dir) / 'report.html'} and report.md")
 
 
@@ -146,7 +161,8 @@ def _headline(analysis: dict, out: Path) -> None:
 @click.option("--out", required=True, type=click.Path(), help="Folder for analysis.json, report.md, report.html.")
 def analyze(predictions, names, metrics, run_info, out) -> None:
     """Analyse predictions files (any tool's: id, question, reference, completion per row), the last against the first."""
-    from mathtune.analysis.summary import analyze as analyze_, read_inputs
+    from mathtune.analysis.inputs import read_inputs
+    from mathtune.analysis.summary import analyze as analyze_
     from mathtune.report.build import write_report
 
     out_dir = _out_dir(out)
@@ -253,9 +269,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _interrupted(args: list[str]) -> int:
-    out = args[args.index("--out") + 1] if "--out" in args[:-1] else "RUN_DIR"
-    click.echo(f"mathtune: interrupted; resume with: mathtune run --resume --out {out}", err=True)
+    click.echo(f"mathtune: interrupted; {_how_to_resume(args)}", err=True)
     return 130
+
+
+def _how_to_resume(args: list[str]) -> str:
+    """What continues the interrupted command: each command keeps what it wrote, in its own way."""
+    command = args[0] if args else ""
+    if command == "run":
+        out = args[args.index("--out") + 1] if "--out" in args[:-1] else "RUN_DIR"
+        return f"resume with: mathtune run --resume --out {out}"
+    if command in ("train", "eval") and "--model" not in args:
+        run_dir = next((a for a in args[1:] if not a.startswith("-") and "=" not in a), "RUN_DIR")
+        return f"resume with: mathtune {command} {run_dir} --resume"
+    if command == "eval":
+        return "run the same command again: the questions already answered are kept"
+    return "run the same command again"
 
 
 if __name__ == "__main__":

@@ -122,19 +122,37 @@ class EvalConfig(_Strict):
     # Weights dtype for generation: "model" keeps model.dtype. On SmolLM2/CPU bfloat16 generated 2x faster
     # than float32 but changed 42 of 64 greedy answers (bench/results/eval_throughput.json): opt-in only.
     dtype: Literal["model", "float32", "bfloat16", "float16"] = "model"
-    # KV cache: "compact" (greedy only) is mathtune's decode loop: prompts prefilled in chunks of similar length,
-    # a preallocated cache read only up to its filled length, finished answers dropped from the batch
-    # (evaluate/compact.py); "static" preallocates prompt + max_new_tokens per batch for model.generate;
-    # "dynamic" (transformers' default) grows it by concatenation every step, which on SmolLM2/CPU took 80% of a
-    # decode step at batch 64. Sampling (eval.samples > 1) and sliding-window models use "static" under "compact".
-    kv_cache: Literal["compact", "static", "dynamic"] = "compact"
-    # "vllm": generate with vLLM (optional; a GPU machine with vllm installed), same prompts and grader.
-    backend: Literal["transformers", "vllm"] = "transformers"
+    # How answers are decoded (evaluate/decoder.py, the one seam every engine sits behind):
+    #   compact: mathtune's greedy loop (evaluate/compact.py): prompts prefilled in chunks of similar length, a
+    #     preallocated cache read only up to its filled length, finished answers dropped from the batch;
+    #   static / dynamic: transformers' model.generate with a preallocated or a growing KV cache (the dynamic cache
+    #     grows by concatenation every step, 80% of a decode step on SmolLM2/CPU at batch 64);
+    #   vllm: vLLM's engine (optional; a GPU machine with vllm installed), same prompts and grader.
+    # Sampling (eval.samples > 1) and sliding-window models use static under compact.
+    decoder: Literal["compact", "static", "dynamic", "vllm"] = "compact"
+    # The GSM8K paper's calculator (evaluate/calculator.py): after `<<EXPR=`, the result and `>>` are forced. With
+    # it, `mathtune run` also evaluates each model with the calculator: predictions/NAME-calculator.jsonl.
+    calculator: bool = False
     # maj@k and pass@k: k sampled answers per question besides the greedy one (1 = greedy only).
     samples: int = Field(1, ge=1)
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int = 1234
+
+    @model_validator(mode="after")
+    def _calculator_decodes_greedily(self) -> "EvalConfig":
+        if self.calculator and self.decoder in ("vllm", "dynamic"):
+            raise ValueError("eval.calculator: needs eval.decoder compact or static (it forces tokens in their loop)")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict):
+            for old in ("kv_cache", "backend"):
+                if old in data:
+                    raise ValueError(f"eval.{old} was renamed: use eval.decoder (compact, static, dynamic or vllm)")
+        return data
 
 
 # On-demand $/GPU-hour: the midpoints of the "specialty cloud" ranges in Mercatus AI, "Cloud GPU pricing"

@@ -16,10 +16,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def make_parent(path: Path) -> None:
+    """Create the folder `path` goes in; a file standing where a folder must be is a one-line error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), path.parent)
+        raise MathtuneError(f"{path}: cannot be written: {blocker} is a file, not a folder") from None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a reader never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; run files are meant to be shared and read
@@ -96,7 +105,7 @@ def read_jsonl(path: Path, drop_torn_tail: bool = False) -> list[dict]:
 def append_jsonl(path: Path, row: dict) -> None:
     """Append one row and flush it to disk, so a crash loses at most the line being written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
         f.flush()

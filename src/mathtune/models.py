@@ -9,8 +9,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 from mathtune.errors import MathtuneError
 
@@ -122,6 +124,7 @@ def ensure_local(name: str) -> str:
             if not (path / "config.json").is_file():
                 raise MathtuneError(f"model.name: {path} has no config.json (not a transformers model folder)")
             return str(path.resolve())
+        check_hub(name)
         return name  # a hub id
     out = cache_dir() / name
     if (out / "config.json").is_file():
@@ -131,6 +134,29 @@ def ensure_local(name: str) -> str:
     folder, gguf_file = _gguf_source(name)
     print(f"mathtune: dequantizing {gguf_file} once into {out}")
     return str(dequantize_gguf(folder, gguf_file, out))
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the hub's endpoint (HF_ENDPOINT, else huggingface.co) answers a TCP connection within `timeout`."""
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_hub(name: str) -> None:
+    """A hub id not in the local hub cache needs the hub. Unreachable, the hub client retries for a minute or two
+    before giving up; this says so at once."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # cached: transformers loads it offline
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or not hub_reachable():
+        raise MathtuneError(f"model.name: {name!r} is not a local folder, an embedded model ({', '.join(EMBEDDED)}) "
+                            f"or in the hub cache, and the hub ({endpoint}) cannot be reached")
 
 
 def pick_device(device: str) -> str:
@@ -150,9 +176,9 @@ def torch_dtype(name: str):
 
 
 def load_tokenizer(model_cfg):
+    path = ensure_local(model_cfg.name)  # before importing transformers: an unreachable hub fails at once
     from transformers import AutoTokenizer
 
-    path = ensure_local(model_cfg.name)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
     except OSError as e:

@@ -9,7 +9,8 @@ About the question (the same for every model):
   money_decimals    a "$", a money word (dollar, cent, price, ...), or a decimal number in the question.
 About the answer (per model):
   format_failure    no number could be extracted from the completion.
-  truncated         generation hit max_new_tokens before an end token.
+  repetition_loop   a runaway repetition (behaviour.py's rule): the model says the same thing over and over.
+  truncated         generation hit max_new_tokens before an end token, without a repetition loop.
   arithmetic_slip   the completion holds an equation that is false when re-evaluated (equations.py).
   reasoning_error   a wrong answer with a number and no false equation: the arithmetic written down is right,
                     the plan is not.
@@ -19,12 +20,27 @@ from __future__ import annotations
 
 import re
 
+from mathtune.analysis.behaviour import LOOP_MIN_CHARS, LOOP_REPEATS, repetition_loop
 from mathtune.analysis.equations import false_equations
 
 MULTI_STEP = 3
 QUESTION_CATEGORIES = ("multi_step", "unit_conversion", "percentages", "fractions_ratios", "money_decimals")
-ANSWER_CATEGORIES = ("format_failure", "truncated", "arithmetic_slip", "reasoning_error")
+ANSWER_CATEGORIES = ("format_failure", "repetition_loop", "truncated", "arithmetic_slip", "reasoning_error")
 CATEGORIES = QUESTION_CATEGORIES + ANSWER_CATEGORIES
+# Each rule in a line, as the report prints it beside its category (the functions below implement them).
+RULES = {
+    "multi_step": f"reference solution has {MULTI_STEP} or more steps (calculator annotations, else lines)",
+    "unit_conversion": "question names two units of one dimension, or dozens",
+    "percentages": "question has % or 'percent'",
+    "fractions_ratios": "question has a fraction a/b, a fraction word, 'ratio' or 'proportion'",
+    "money_decimals": "question has $, a money word or a decimal number",
+    "format_failure": "no number found in the answer",
+    "repetition_loop": f"the answer ends in a block repeated back to back {LOOP_REPEATS}+ times, numbers aside "
+                       f"({LOOP_MIN_CHARS}+ characters)",
+    "truncated": "answer hit the token limit without a repetition loop",
+    "arithmetic_slip": "answer holds an equation that is false when re-evaluated",
+    "reasoning_error": "wrong answer whose equations are all right",
+}
 
 # Units by dimension; a question naming two different units of one dimension converts between them.
 UNITS = {
@@ -97,9 +113,12 @@ def answer_categories(row: dict) -> tuple[list[str], list[str]]:
     """(labels, false equations) for one graded prediction row."""
     false = false_equations(row.get("completion") or "")
     cats = []
+    loop = repetition_loop(row.get("completion") or "")
     if row.get("extracted") is None:
         cats.append("format_failure")
-    if row.get("truncated"):
+    if loop:
+        cats.append("repetition_loop")
+    elif row.get("truncated"):
         cats.append("truncated")
     if false:
         cats.append("arithmetic_slip")

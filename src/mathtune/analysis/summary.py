@@ -5,41 +5,29 @@ The schema (stable; the report renders from it alone) is documented in docs/anal
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import yaml
-
-from mathtune.analysis.categories import (ANSWER_CATEGORIES, CATEGORIES, QUESTION_CATEGORIES, answer_categories,
-                                          question_categories, reference_steps)
+from mathtune.analysis.behaviour import behaviour_table
+from mathtune.analysis.categories import (
+    CATEGORIES,
+    QUESTION_CATEGORIES,
+    answer_categories,
+    question_categories,
+    reference_steps,
+)
 from mathtune.analysis.curve import curve_verdict
+from mathtune.analysis.inputs import run_inputs
 from mathtune.cost import hourly_price
 from mathtune.errors import MathtuneError
+from mathtune.evaluate.extract import reference_value
 from mathtune.evaluate.score import grade_row
-from mathtune.evaluate.stats import mcnemar_exact, paired_diff_ci, wilson_ci
-from mathtune.io import read_json, read_jsonl
+from mathtune.evaluate.stats import mcnemar_detectable, mcnemar_exact, mcnemar_n_needed, paired_diff_ci, wilson_ci
 
 SCHEMA_VERSION = 1
-REQUIRED = ("id", "question", "reference", "completion")
+GSM8K_TEST = 1319  # the whole GSM8K test split: the power sentence says what it would detect
 EXAMPLES_PER_CATEGORY = 3
 STEP_BUCKETS = ("1", "2", "3", "4", "5", "6", "7", "8+")
-
-
-def load_predictions(path: Path) -> list[dict]:
-    """A predictions file of the documented shape; rows without a verdict are graded here."""
-    path = Path(path)
-    if not path.is_file():
-        raise MathtuneError(f"{path}: predictions file not found")
-    rows = read_jsonl(path)
-    if not rows:
-        raise MathtuneError(f"{path}: no predictions in it")
-    for i, r in enumerate(rows, start=1):
-        missing = [k for k in REQUIRED if not isinstance(r.get(k), str)]
-        if missing:
-            raise MathtuneError(f"{path}:{i}: needs string fields {', '.join(REQUIRED)} (missing {missing[0]!r})")
-    ids = [r["id"] for r in rows]
-    if len(set(ids)) != len(ids):
-        raise MathtuneError(f"{path}: question ids are not unique")
-    return graded(rows)
 
 
 def graded(rows: list[dict]) -> list[dict]:
@@ -65,8 +53,19 @@ def model_summary(name: str, rows: list[dict]) -> dict:
     }
 
 
+def common_ids(preds: dict[str, list[dict]]) -> list[str]:
+    """The question ids every file answered, in the first file's order: the paired question set."""
+    names = list(preds)
+    held = [{r["id"] for r in preds[n]} for n in names[1:]]
+    common = [r["id"] for r in preds[names[0]] if all(r["id"] in h for h in held)]
+    if not common:
+        raise MathtuneError(f"{' and '.join(names)} have no question ids in common: nothing to pair")
+    return common
+
+
 def paired(a_name: str, a: list[dict], b_name: str, b: list[dict]) -> dict:
-    """2x2 table on the questions both files answered, the exact McNemar p-value, and the difference's CI."""
+    """2x2 table on the questions both files answered, the exact McNemar p-value, the difference's CI, and what this
+    many questions could detect (alpha 0.05, 80% power, at the observed share of discordant pairs)."""
     a_by, b_by = {r["id"]: bool(r["correct"]) for r in a}, {r["id"]: bool(r["correct"]) for r in b}
     common = [i for i in a_by if i in b_by]
     if not common:
@@ -81,7 +80,38 @@ def paired(a_name: str, a: list[dict], b_name: str, b: list[dict]) -> dict:
         "diff": (only_b - only_a) / n,
         "diff_ci95": list(paired_diff_ci(only_a, only_b, n)),
         "mcnemar_p": mcnemar_exact(only_a, only_b),
+        "power": power(n, only_a, only_b),
     }
+
+
+def power(n: int, only_a: int, only_b: int, alpha: float = 0.05, level: float = 0.8) -> dict:
+    """What this paired comparison could detect, and what the observed difference would need (evaluate/stats.py)."""
+    discordant = (only_a + only_b) / n
+    diff = (only_b - only_a) / n
+    needed = mcnemar_n_needed(diff, discordant, alpha, level)
+    return {
+        "alpha": alpha, "power": level, "discordant_share": discordant,
+        "detectable_diff": mcnemar_detectable(n, discordant, alpha, level),
+        "full_split_n": GSM8K_TEST,
+        "full_split_detectable_diff": mcnemar_detectable(GSM8K_TEST, discordant, alpha, level),
+        "n_needed_for_observed": math.ceil(needed) if needed is not None else None,
+    }
+
+
+def changes(a_name: str, a: list[dict], b_name: str, b: list[dict]) -> dict:
+    """Every question whose correctness differs: fixed (wrong in a, right in b) and broken (right in a, wrong in b),
+    with each model's extracted answer and completion, in a's order."""
+    b_by = {r["id"]: r for r in b}
+    out = {"a": a_name, "b": b_name, "fixed": [], "broken": []}
+    for ra in a:
+        rb = b_by.get(ra["id"])
+        if rb is None or bool(ra["correct"]) == bool(rb["correct"]):
+            continue
+        out["fixed" if rb["correct"] else "broken"].append({
+            "id": ra["id"], "question": ra["question"], "reference": reference_value(ra["reference"]),
+            "extracted_a": ra.get("extracted"), "extracted_b": rb.get("extracted"),
+            "completion_a": ra["completion"], "completion_b": rb["completion"]})
+    return out
 
 
 def _steps_bucket(reference: str) -> str:
@@ -89,22 +119,32 @@ def _steps_bucket(reference: str) -> str:
     return "8+" if s >= 8 else str(s)
 
 
-def failures(preds: dict[str, list[dict]]) -> tuple[dict, list[dict], dict]:
-    """(failures by category, accuracy by reference steps, the example rows the failures cite).
-
-    The focus model (whose wrong answers are counted and cited) is the last one: the fine-tuned model.
-    """
-    names = list(preds)
-    focus = names[-1]
-    labelled = {}  # name -> id -> (labels, false equations)
+def label_rows(preds: dict[str, list[dict]]) -> dict[str, dict[str, tuple[list[str], list[dict]]]]:
+    """name -> id -> (failure categories of the question and of this model's answer, its false equations)."""
+    labelled = {}
     for name, rows in preds.items():
         labelled[name] = {}
         for r in rows:
             a_cats, false = answer_categories(r)
             labelled[name][r["id"]] = (question_categories(r["question"], r["reference"]) + a_cats, false)
+    return labelled
+
+
+def pick_examples(in_category: list[str], shown: set[str]) -> list[str]:
+    """Up to EXAMPLES_PER_CATEGORY ids, those not shown under an earlier category first (in their order), so that
+    each category shows questions of its own where it has any. Deterministic: the ids keep the test order."""
+    fresh = [i for i in in_category if i not in shown]
+    return (fresh or in_category)[:EXAMPLES_PER_CATEGORY]
+
+
+def failure_table(preds: dict[str, list[dict]], labelled: dict) -> dict:
+    """Per category: each model's count and accuracy in it, and the focus model's wrong answers in it (count, share,
+    example ids). The focus model (whose wrong answers are counted and cited) is the last one: the fine-tuned one."""
+    names = list(preds)
+    focus = names[-1]
     by_id = {name: {r["id"]: r for r in rows} for name, rows in preds.items()}
     wrong = [r for r in preds[focus] if not r["correct"]]
-    table, cited = {}, []
+    table, shown = {}, set()
     for cat in CATEGORIES:
         entry = {"kind": "question" if cat in QUESTION_CATEGORIES else "answer"}
         for name in names:
@@ -115,9 +155,15 @@ def failures(preds: dict[str, list[dict]]) -> tuple[dict, list[dict], dict]:
         in_cat = [r["id"] for r in wrong if cat in labelled[focus][r["id"]][0]]
         entry["count"] = len(in_cat)
         entry["share_of_wrong"] = len(in_cat) / len(wrong) if wrong else 0.0
-        entry["examples"] = in_cat[:EXAMPLES_PER_CATEGORY]
-        cited += entry["examples"]
+        entry["examples"] = pick_examples(in_cat, shown)
+        shown.update(entry["examples"])
         table[cat] = entry
+    return table
+
+
+def accuracy_by_steps(preds: dict[str, list[dict]]) -> list[dict]:
+    """Each model's accuracy by the number of steps of the reference solution (1 to 8+)."""
+    names = list(preds)
     steps = []
     for bucket in STEP_BUCKETS:
         row = {"steps": bucket}
@@ -126,16 +172,23 @@ def failures(preds: dict[str, list[dict]]) -> tuple[dict, list[dict], dict]:
             row[f"n_{name}"] = len(members)
             row[f"correct_{name}"] = sum(bool(r["correct"]) for r in members)
             row[f"accuracy_{name}"] = row[f"correct_{name}"] / len(members) if members else None
-        row["n"] = row[f"n_{focus}"]
+        row["n"] = row[f"n_{names[-1]}"]
         steps.append(row)
+    return steps
+
+
+def cited_examples(preds: dict[str, list[dict]], labelled: dict, ids: list[str]) -> dict:
+    """The rows the report cites, each model's answer beside the question and reference, false equations marked."""
+    names = list(preds)
+    by_id = {name: {r["id"]: r for r in rows} for name, rows in preds.items()}
     examples = {}
-    for i in dict.fromkeys(cited):
-        ref = by_id[focus][i]
+    for i in dict.fromkeys(ids):
+        ref = next(by_id[name][i] for name in reversed(names) if i in by_id[name])
         examples[i] = {"question": ref["question"], "reference": ref["reference"], "answers": {
             name: {"completion": by_id[name][i]["completion"], "extracted": by_id[name][i].get("extracted"),
                    "correct": bool(by_id[name][i]["correct"]), "false_equations": labelled[name][i][1]}
             for name in names if i in by_id[name]}}
-    return table, steps, examples
+    return examples
 
 
 def _series(metrics: list[dict], key: str) -> list[list[float]]:
@@ -182,7 +235,9 @@ def cost_summary(run_info: dict, cfg: dict) -> dict:
     env = run_info.get("environment", {})
     stages = {k: v["seconds"] for k, v in run_info.get("stages", {}).items()}
     wall = sum(stages.values())
-    price = hourly_price(cfg.get("cost", {}), env.get("gpu"), env.get("gpu_count"))
+    # Priced on what the run used: GPU time only for a cuda run, one GPU per process (not the host's GPU count).
+    gpu = env.get("gpu") if run_info.get("device") == "cuda" else None
+    price = hourly_price(cfg.get("cost", {}), gpu, run_info.get("processes", 1))
     gpu_hours = wall / 3600 * price["gpus"]
     return {
         "stages_seconds": stages, "wall_seconds": wall, "device": price["device"], "gpus": price["gpus"],
@@ -212,22 +267,51 @@ def reproducibility(run_info: dict, cfg: dict, data_info: dict) -> dict:
     }
 
 
+def model_summaries(all_rows: dict[str, list[dict]], paired_rows: dict[str, list[dict]]) -> list[dict]:
+    """Each model on the paired question set; a file that answered more questions also gets its figures on all of
+    them (n_all, correct_all, accuracy_all, ci95_all), kept apart so that no sentence mixes the two."""
+    out = []
+    for name, rows in paired_rows.items():
+        m = model_summary(name, rows)
+        if len(all_rows[name]) > len(rows):
+            whole = model_summary(name, all_rows[name])
+            m.update(n_all=whole["n"], correct_all=whole["correct"], accuracy_all=whole["accuracy"],
+                     ci95_all=whole["ci95"])
+        out.append(m)
+    return out
+
+
 def analyze(preds: dict[str, list[dict]], metrics: list[dict] | None = None, train_info: dict | None = None,
             run_info: dict | None = None, cfg: dict | None = None, data_info: dict | None = None) -> dict:
-    """The whole analysis from already loaded files; every argument but preds may be missing."""
+    """The whole analysis from already loaded files; every argument but preds may be missing. With several models,
+    every figure about the models is on the questions all of them answered (docs/analysis-schema.md says which)."""
     cfg, run_info = cfg or {}, run_info or {}
     preds = {name: graded(rows) for name, rows in preds.items()}
     names = list(preds)
+    common = set(common_ids(preds)) if len(names) >= 2 else None
+    on = {name: [r for r in rows if common is None or r["id"] in common] for name, rows in preds.items()}
     analysis = {"schema_version": SCHEMA_VERSION, "title": cfg.get("model", {}).get("name") or " vs ".join(names),
-                "models": [model_summary(n, rows) for n, rows in preds.items()], "warnings": []}
-    protocols = {m["protocol"] for m in analysis["models"]}
+                "models": model_summaries(preds, on), "warnings": []}
+    protocols = sorted({str(m["protocol"]) for m in analysis["models"]})
     if len(protocols) > 1:
-        analysis["warnings"].append(f"the models were evaluated under different protocols ({', '.join(map(str, protocols))}): "
+        analysis["warnings"].append(f"the models were evaluated under different protocols ({', '.join(protocols)}): "
                                     "their accuracies are not comparable")
     if len(names) >= 2:
-        analysis["comparison"] = paired(names[0], preds[names[0]], names[-1], preds[names[-1]])
+        analysis["comparison"] = paired(names[0], on[names[0]], names[-1], on[names[-1]])
+        analysis["changes"] = changes(names[0], on[names[0]], names[-1], on[names[-1]])
+        # Each model with the calculator against itself without: the calculator's own effect (evaluate/calculator.py).
+        with_calc = [(n.removesuffix("-calculator"), n) for n in names if n.endswith("-calculator")]
+        calc = [paired(a, on[a], b, on[b]) for a, b in with_calc if a in on]
+        if calc:
+            analysis["calculator"] = [{**c, "calculator_calls": sum(len(r.get("calculator_calls") or ())
+                                                                     for r in on[c["b"]])} for c in calc]
     if preds:
-        analysis["failures"], analysis["by_steps"], analysis["examples"] = failures(preds)
+        analysis["behaviour"] = behaviour_table(on)
+        labelled = label_rows(on)
+        analysis["failures"] = failure_table(on, labelled)
+        analysis["by_steps"] = accuracy_by_steps(on)
+        cited = [i for entry in analysis["failures"].values() for i in entry["examples"]]
+        analysis["examples"] = cited_examples(on, labelled, cited)
     if metrics:
         epochs = cfg.get("train", {}).get("epochs")
         analysis["training"] = training_summary(metrics, train_info or {}, epochs)
@@ -237,74 +321,22 @@ def analyze(preds: dict[str, list[dict]], metrics: list[dict] | None = None, tra
     return analysis
 
 
-def _optional_json(path: Path) -> dict:
-    return read_json(path) if path.is_file() else {}
-
-
-def _optional_yaml(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise MathtuneError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-
-
-def run_inputs(run_dir: Path) -> dict:
-    """The analyze() arguments a run directory holds (what `mathtune report RUN_DIR` reads)."""
-    run_dir = Path(run_dir)
-    preds = {name: load_predictions(run_dir / "predictions" / f"{name}.jsonl") for name in ("base", "finetuned")
-             if (run_dir / "predictions" / f"{name}.jsonl").is_file()}
-    metrics_path = run_dir / "metrics.jsonl"
-    return {
-        "preds": preds,
-        "metrics": read_jsonl(metrics_path, drop_torn_tail=True) if metrics_path.is_file() else None,
-        "train_info": _optional_json(run_dir / "train.json"),
-        "run_info": _optional_json(run_dir / "run.json"),
-        "cfg": _optional_yaml(run_dir / "config.yaml"),
-        "data_info": _optional_json(run_dir / "data" / "info.json"),
-    }
-
-
-def add_sampling(analysis: dict, run_dir: Path) -> None:
+def add_sampling(analysis: dict, samples: dict[str, list[dict]]) -> None:
     """maj@k and pass@k beside each model's greedy accuracy, where sampled answers were written."""
     for m in analysis["models"]:
-        samples = Path(run_dir) / "predictions" / f"{m['name']}.samples.jsonl"
-        if samples.is_file():
-            srows = read_jsonl(samples)
-            m["k"] = len(srows[0]["answers"]) if srows else 0
-            m["maj_at_k"] = sum(r["maj_correct"] for r in srows) / len(srows) if srows else 0.0
-            m["pass_at_k"] = sum(r["pass_at_k"] for r in srows) / len(srows) if srows else 0.0
+        srows = samples.get(m["name"])
+        if srows:
+            m["k"] = len(srows[0]["answers"])
+            m["maj_at_k"] = sum(r["maj_correct"] for r in srows) / len(srows)
+            m["pass_at_k"] = sum(r["pass_at_k"] for r in srows) / len(srows)
 
 
 def summarize_run(run_dir: Path) -> dict:
-    analysis = analyze(**run_inputs(run_dir))
-    add_sampling(analysis, run_dir)
+    inputs = run_inputs(run_dir)
+    samples = inputs.pop("samples")
+    analysis = analyze(**inputs)
+    add_sampling(analysis, samples)
     return analysis
-
-
-def read_inputs(paths: list[Path], names: str | None, metrics: str | None, run_info: str | None) -> dict:
-    """analyze() arguments from files named on the command line (`mathtune analyze`)."""
-    labels = [n.strip() for n in names.split(",")] if names else [p.name.removesuffix(".jsonl") for p in paths]
-    if len(labels) != len(paths):
-        raise MathtuneError(f"--names gives {len(labels)} names for {len(paths)} predictions files")
-    if len(set(labels)) != len(labels) or not all(labels):
-        raise MathtuneError(f"model names must be unique and non-empty: {', '.join(labels)} (use --names)")
-    inputs = {"preds": {label: load_predictions(p) for label, p in zip(labels, paths)}}
-    if metrics:
-        m = Path(metrics)
-        if not m.is_file():
-            raise MathtuneError(f"{m}: metrics file not found")
-        inputs["metrics"] = read_jsonl(m, drop_torn_tail=True)
-        inputs["train_info"] = _optional_json(m.with_name("train.json"))
-    if run_info:
-        r = Path(run_info)
-        if not r.is_file():
-            raise MathtuneError(f"{r}: run.json not found")
-        inputs["run_info"] = read_json(r)
-        inputs["cfg"] = _optional_yaml(r.with_name("config.yaml"))
-        inputs["data_info"] = _optional_json(r.parent / "data" / "info.json")
-    return inputs
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -327,6 +359,7 @@ def compare_runs(run_a: Path, run_b: Path) -> dict:
         if not (run / "predictions" / "finetuned.jsonl").is_file():
             raise MathtuneError(f"{run}: no predictions/finetuned.jsonl (is it a finished run directory?)")
         inputs.append(run_inputs(run))
+        inputs[-1].pop("samples")
     preds = {n: i["preds"]["finetuned"] for n, i in zip(names, inputs)}
     analysis = analyze(preds)
     flat = [_flatten(i["cfg"]) for i in inputs]

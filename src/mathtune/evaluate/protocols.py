@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from mathtune.data.format import user_turn
 from mathtune.errors import MathtuneError
+from mathtune.evaluate.score import LM_EVAL_STRICT
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Protocol:
     num_fewshot: int = 0
     shots: str = "none"  # "train": drawn from the train split; "cot": the fixed exemplars below
     stop: tuple[str, ...] = ()
-    strict_pattern: str = r"#### (\-?[0-9\.\,]+)"
+    strict_pattern: str = LM_EVAL_STRICT.pattern  # lm-eval gsm8k's strict-match (evaluate/score.py)
     fewshot_seed: int = 1234
 
 
@@ -89,26 +90,28 @@ def strict_pattern(protocol: Protocol) -> re.Pattern:
     return re.compile(protocol.strict_pattern)
 
 
-def pick_shots(protocol: Protocol, train_rows: list[dict] | None) -> list[tuple[str, str]]:
-    """The (question, target) examples shown before every question."""
+def pick_shots(protocol: Protocol, train_rows: list[dict] | None) -> list[tuple[str, str, str]]:
+    """The (id, question, target) examples shown before every question: drawn once from the train rows (seeded), or
+    the fixed chain-of-thought exemplars (ids cot-1 ... cot-8)."""
     if protocol.shots == "cot":
-        return COT_EXEMPLARS[: protocol.num_fewshot]
+        return [(f"cot-{i}", q, t) for i, (q, t) in enumerate(COT_EXEMPLARS[: protocol.num_fewshot], start=1)]
     if protocol.shots == "train":
         if not train_rows or len(train_rows) < protocol.num_fewshot:
             raise MathtuneError(f"protocol {protocol.name} needs {protocol.num_fewshot} train rows for its examples")
         picked = random.Random(protocol.fewshot_seed).sample(train_rows, protocol.num_fewshot)
-        return [(r["question"], r["answer"]) for r in picked]
+        return [(r.get("id", ""), r["question"], r["answer"]) for r in picked]
     return []
 
 
-def render_plain(protocol: Protocol, question: str, shots: list[tuple[str, str]], plain_template: str) -> str:
+def render_plain(protocol: Protocol, question: str, shots: list[tuple[str, str, str]], plain_template: str) -> str:
     template = protocol.template or plain_template
     # lm-eval: examples as "<text> <target>", separated by a blank line, then the question's text.
-    context = "".join(f"{template.format(question=q)} {t}\n\n" for q, t in shots)
+    context = "".join(f"{template.format(question=q)} {t}\n\n" for _, q, t in shots)
     return context + template.format(question=question)
 
 
-def encode_prompt(tokenizer, protocol: Protocol, question: str, shots: list[tuple[str, str]], model_cfg) -> list[int]:
+def encode_prompt(tokenizer, protocol: Protocol, question: str, shots: list[tuple[str, str, str]], model_cfg,
+                  ) -> list[int]:
     """Token ids of a prompt; for chat and plain exactly as TRL tokenizes them in training (tests/test_format.py).
 
     plain: tokenizer(text) adds BOS where the model's tokenizer is set to (Gemma's is).

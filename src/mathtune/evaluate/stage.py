@@ -1,19 +1,26 @@
 """Evaluation: base model and base+adapter, same protocol, same decoding -> predictions/*.jsonl.
 
+The stage reads the run directory only: the test rows (data/test.jsonl), the prompt format the model was trained
+in (train.json), the few-shot examples (data/train.jsonl) and the adapter. It builds the prompts and grades the
+completions; how they are decoded is behind evaluate/decoder.py. Each row records its prompt's sha256 (and the
+few-shot examples' ids), as lm-eval's --log_samples does, so a score can be audited line by line.
+
 Each finished question is appended to NAME.partial.jsonl at once, so a crashed evaluation resumes with
 the questions not yet answered; the complete file is written in test-split order at the end.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
 from mathtune.data.format import prompt_format
 from mathtune.distributed import barrier, gather, is_main, rank_and_world
 from mathtune.errors import MathtuneError
+from mathtune.evaluate.arms import arms
+from mathtune.evaluate.decoder import Decoding, decode
 from mathtune.evaluate.extract import extract_answer, is_correct
-from mathtune.evaluate.generate import generate
 from mathtune.evaluate.protocols import Protocol, encode_prompt, get_protocol, pick_shots, strict_pattern
 from mathtune.evaluate.score import grade_row
 from mathtune.evaluate.stats import majority
@@ -21,12 +28,13 @@ from mathtune.io import append_jsonl, atomic_write_json, atomic_write_jsonl, rea
 from mathtune.models import ensure_local, first_line, load_model, load_tokenizer, pick_device, torch_dtype
 
 
-def is_done(run_dir: Path, cfg) -> bool:
-    names = ["finetuned"] + (["base"] if cfg.eval.base else [])
-    return (run_dir / "eval.json").is_file() and all((run_dir / "predictions" / f"{n}.jsonl").is_file() for n in names)
-
-
 def load_for_eval(cfg, adapter: Path | None, device: str):
+    """The model the decoder runs: base (+ the adapter, merged); for vllm, the engine serving it."""
+    if cfg.eval.decoder == "vllm":
+        from mathtune.evaluate.vllm_backend import make_llm
+
+        dtype = cfg.model.dtype if cfg.eval.dtype == "model" else cfg.eval.dtype
+        return make_llm(ensure_local(cfg.model.name), adapter, dtype, cfg.eval.seed)
     model = load_model(cfg.model, device)
     if adapter is not None:
         from peft import PeftModel
@@ -43,17 +51,14 @@ def load_for_eval(cfg, adapter: Path | None, device: str):
     return model.eval()
 
 
-def resolve_protocol(cfg, tokenizer) -> Protocol:
-    name = cfg.eval.protocol
-    return get_protocol(prompt_format(cfg.model, tokenizer) if name == "auto" else name)
+def protocol_for(cfg, trained_format: str) -> Protocol:
+    """eval.protocol; auto: the format the model was fine-tuned in (train.json's, or the model's own for --model)."""
+    return get_protocol(trained_format if cfg.eval.protocol == "auto" else cfg.eval.protocol)
 
 
-def shots_for(protocol: Protocol, cfg) -> list[tuple[str, str]]:
-    if protocol.shots != "train":
-        return pick_shots(protocol, None)
-    from mathtune.data.stage import load_train_rows
-
-    return pick_shots(protocol, load_train_rows(cfg.data))
+def prompt_sha256(prompt: list[int]) -> str:
+    """The prompt's identity, as lm-eval's --log_samples keeps prompt hashes: of its token ids."""
+    return hashlib.sha256(",".join(map(str, prompt)).encode()).hexdigest()
 
 
 def _resumable(out: Path, test: list[dict], answer) -> int:
@@ -102,56 +107,61 @@ def oom_explained(rows, e, longest_prompt: int):
             f"questions are kept, rerun with --resume") from None
 
 
-def predict(cfg, tokenizer, protocol: Protocol, shots, test: list[dict], adapter: Path | None, out: Path) -> dict:
-    """Greedy answers to every test row into `out` (and k samples into NAME.samples.jsonl when eval.samples > 1)."""
+def predict(cfg, tokenizer, protocol: Protocol, shots, test: list[dict], adapter: Path | None, out: Path,
+            calculator: bool = False) -> dict:
+    """Greedy answers to every test row into `out` (and k samples into NAME.samples.jsonl when eval.samples > 1,
+    never with the calculator: it decodes greedily)."""
     e = cfg.eval
     model = None
     pattern = strict_pattern(protocol)
+    shot_ids = [i for i, _, _ in shots]
     generated = 0
 
-    def stream(todo, k=1, sampling=None):
+    def stream(todo, prompts, k=1, sampling=None):
         nonlocal model
-        prompts = [encode_prompt(tokenizer, protocol, r["question"], shots, cfg.model) for r in todo]
-        if e.backend == "vllm":
-            from mathtune.evaluate.vllm_backend import generate_vllm, make_llm
-
-            model = model or make_llm(ensure_local(cfg.model.name), adapter, e.dtype, e.seed)
-            return generate_vllm(model, prompts, e.max_new_tokens, protocol.stop, k, sampling, adapter)
-        model = model or load_for_eval(cfg, adapter, pick_device(cfg.runtime.device))
+        if model is None:
+            model = load_for_eval(cfg, adapter, pick_device(cfg.runtime.device))
+        decoding = Decoding(e.max_new_tokens, protocol.stop, k, sampling, calculator and sampling is None)
         desc = out.stem + (f" x{k} samples" if sampling else "")
-        return oom_explained(generate(model, tokenizer, prompts, e.batch_size, e.max_new_tokens, protocol.stop, desc,
-                                      k, sampling, e.kv_cache), e, max(len(p) for p in prompts))
+        rows = decode(e.decoder, model, tokenizer, prompts, [r["id"] for r in todo], decoding, e.batch_size, desc)
+        return oom_explained(rows, e, max(len(p) for p in prompts))
 
     def greedy(todo):
         nonlocal generated
-        for i, [(completion, n_tokens, truncated)] in stream(todo):
+        prompts = [encode_prompt(tokenizer, protocol, r["question"], shots, cfg.model) for r in todo]
+        for i, [c] in stream(todo, prompts):
             row = todo[i]
-            generated += n_tokens
+            generated += c.tokens
             yield grade_row({
                 "id": row["id"],
                 "question": row["question"],
                 "reference": row["answer"],
-                "completion": completion,
-                "generated_tokens": n_tokens,
-                "truncated": truncated,
+                "completion": c.text,
+                "generated_tokens": c.tokens,
+                "truncated": c.truncated,
                 "protocol": protocol.name,
+                "prompt_sha256": prompt_sha256(prompts[i]),
+                **({"fewshot_ids": shot_ids} if shot_ids else {}),
+                **({"calculator_calls": list(c.calculator_calls)} if calculator else {}),
             }, pattern)
 
     def sampled(todo):
         sampling = {"temperature": e.temperature, "top_p": e.top_p, "seed": e.seed}
-        for i, samples in stream(todo, e.samples, sampling):
+        prompts = [encode_prompt(tokenizer, protocol, r["question"], shots, cfg.model) for r in todo]
+        for i, samples in stream(todo, prompts, e.samples, sampling):
             row = todo[i]
-            answers = [extract_answer(text) for text, _, _ in samples]
+            answers = [extract_answer(c.text) for c in samples]
             maj = majority(answers)
             yield {
                 "id": row["id"],
                 "reference": row["answer"],
-                "completions": [text for text, _, _ in samples],
+                "completions": [c.text for c in samples],
                 "answers": answers,
                 "maj_answer": maj,
                 "maj_correct": is_correct(maj, row["answer"]),
                 "pass_at_k": any(is_correct(a, row["answer"]) for a in answers),
                 "protocol": protocol.name,
+                "prompt_sha256": prompt_sha256(prompts[i]),
             }
 
     start = time.time()
@@ -170,7 +180,9 @@ def predict(cfg, tokenizer, protocol: Protocol, shots, test: list[dict], adapter
         "generated_tokens": generated,
         "tokens_per_s": round(generated / seconds, 2) if generated and seconds else None,
     }
-    if e.samples > 1:
+    if calculator:
+        summary["calculator_calls"] = sum(len(r.get("calculator_calls", ())) for r in rows)
+    if e.samples > 1 and not calculator:
         samples_out = out.with_name(out.stem + ".samples.jsonl")
         _resumable(samples_out, test, sampled)
         srows = read_jsonl(samples_out)
@@ -187,20 +199,20 @@ def _tokenizer(cfg):
 
 def run_eval(cfg, run_dir: Path) -> dict:
     tokenizer = _tokenizer(cfg)
-    protocol = resolve_protocol(cfg, tokenizer)
-    shots = shots_for(protocol, cfg)
+    protocol = protocol_for(cfg, read_json(run_dir / "train.json")["format"])
+    shots = pick_shots(protocol, read_jsonl(run_dir / "data" / "train.jsonl") if protocol.shots == "train" else None)
     test = read_jsonl(run_dir / "data" / "test.jsonl")
-    adapters = ({"base": None} if cfg.eval.base else {}) | {"finetuned": run_dir / "adapter"}
     previous = read_json(run_dir / "eval.json") if (run_dir / "eval.json").is_file() else {}
     summary = {}
-    for name, adapter in adapters.items():
+    for name, arm in arms(cfg).items():
+        adapter = run_dir / "adapter" if arm["adapter"] else None
         out = run_dir / "predictions" / f"{name}.jsonl"
         if out.is_file() and name in previous:
             summary[name] = previous[name]  # finished before a resume
             continue
         if adapter is not None and not (adapter / "adapter_config.json").is_file():
             raise MathtuneError(f"{adapter}: no adapter; run `mathtune train {run_dir}` first")
-        summary[name] = predict(cfg, tokenizer, protocol, shots, test, adapter, out)
+        summary[name] = predict(cfg, tokenizer, protocol, shots, test, adapter, out, arm["calculator"])
         s = summary[name]
         if is_main():
             print(f"mathtune: {name}: {s['correct']}/{s['n']} correct ({100 * s['accuracy']:.1f}%), "
@@ -210,7 +222,8 @@ def run_eval(cfg, run_dir: Path) -> dict:
 
 
 def eval_standalone(cfg, adapter: Path | None, split: str, out: Path) -> dict:
-    """`mathtune eval --model M ...`: any model, any protocol, on a split of the configured data source."""
+    """`mathtune eval --model M ...`: any model, any protocol, on a split of the configured data source (there is no
+    run directory here: the examples of few-shot protocols come from the source's train split, as lm-eval's do)."""
     from mathtune.data.stage import load_test_rows, load_train_rows
 
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
@@ -218,8 +231,9 @@ def eval_standalone(cfg, adapter: Path | None, split: str, out: Path) -> dict:
     rows = load_test_rows(cfg.data) if split == "test" else load_train_rows(cfg.data)
     rows = rows[: cfg.eval.limit]
     tokenizer = _tokenizer(cfg)
-    protocol = resolve_protocol(cfg, tokenizer)
-    summary = predict(cfg, tokenizer, protocol, shots_for(protocol, cfg), rows, adapter, out)
+    protocol = protocol_for(cfg, prompt_format(cfg.model, tokenizer))
+    shots = pick_shots(protocol, load_train_rows(cfg.data) if protocol.shots == "train" else None)
+    summary = predict(cfg, tokenizer, protocol, shots, rows, adapter, out, cfg.eval.calculator)
     if is_main():
         atomic_write_json(out.with_suffix(".summary.json"), {"model": cfg.model.name, "adapter": str(adapter or ""),
                                                               "split": split, **summary})

@@ -39,3 +39,35 @@ def majority(answers: list[str | None]) -> str | None:
         if a is not None:
             counts[a] = counts.get(a, 0) + 1
     return max(counts, key=counts.get) if counts else None
+
+
+def _paired_z(alpha: float, power: float) -> tuple[float, float]:
+    return norm.ppf(1 - alpha / 2), norm.ppf(power)
+
+
+def mcnemar_n_needed(diff: float, discordant: float, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """Paired questions a McNemar test needs to detect a difference `diff` (b's accuracy minus a's) when a share
+    `discordant` of the questions is answered right by exactly one model, at level alpha with this power (Connor,
+    Biometrics 1987): n = (z_a sqrt(psi) + z_b sqrt(psi - d^2))^2 / d^2. None when diff is 0 or impossible."""
+    d, psi = abs(diff), discordant
+    if d == 0 or psi <= 0 or d > psi:
+        return None
+    za, zb = _paired_z(alpha, power)
+    return (za * math.sqrt(psi) + zb * math.sqrt(psi - d * d)) ** 2 / (d * d)
+
+
+def mcnemar_detectable(n: int, discordant: float, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """The smallest difference (a share, e.g. 0.04 = 4 points) n paired questions detect with this power, for the
+    given discordant share: Connor's formula solved for d (the n needed falls as d grows). None when psi is 0."""
+    if n <= 0 or discordant <= 0:
+        return None
+    lo, hi = 1e-9, discordant
+    if mcnemar_n_needed(hi, discordant, alpha, power) > n:
+        return None  # not even the largest possible difference
+    for _ in range(100):  # bisection: n_needed is decreasing in d on (0, psi]
+        mid = (lo + hi) / 2
+        if mcnemar_n_needed(mid, discordant, alpha, power) > n:
+            lo = mid
+        else:
+            hi = mid
+    return hi

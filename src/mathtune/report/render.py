@@ -2,7 +2,7 @@
 
 One document, two renderers: report.md and report.html say the same things. Blocks:
   ("h1"|"h2"|"h3"|"p"|"note", text)    ("table", headers, rows)    ("img", file name, alt text)
-  ("example", {id, question, reference, answers})
+  ("example", {id, question, reference, answers})    ("changes", {a, b, rows}): fixed or broken questions
 Every string that came from data is escaped by the HTML renderer (html.escape) and fenced or escaped by the
 Markdown one; no block carries markup of its own.
 """
@@ -13,20 +13,15 @@ import base64
 import html
 import re
 
+from mathtune.analysis.categories import RULES
 
 Block = tuple
 
-CATEGORY_RULES = {
-    "multi_step": "reference solution has 3 or more steps (calculator annotations, else lines)",
-    "unit_conversion": "question names two units of one dimension, or dozens",
-    "percentages": "question has % or 'percent'",
-    "fractions_ratios": "question has a fraction a/b, a fraction word, 'ratio' or 'proportion'",
-    "money_decimals": "question has $, a money word or a decimal number",
-    "format_failure": "no number found in the answer",
-    "truncated": "answer hit the token limit",
-    "arithmetic_slip": "answer holds an equation that is false when re-evaluated",
-    "reasoning_error": "wrong answer whose equations are all right",
-}
+
+
+def _says(q: dict) -> str:
+    """The false equation's message (analysis.json's `says`; older files have only the left side's value)."""
+    return q.get("says") or f"left side is {q['left']}"
 
 
 def pct(x: float | None) -> str:
@@ -56,9 +51,14 @@ def _headline(a: dict) -> list[Block]:
         out.append(("p", f"{c['b']} is significantly {direction} than {c['a']} at the 5% level." if significant else
                          f"The change is not significant at the 5% level: with {c['n']} questions, a difference this "
                          f"size can come from chance."))
+        if c.get("power"):
+            out.append(("p", _power_sentence(c)))
+    out += [("p", _also_answered(m, a["models"])) for m in a["models"] if "n_all" in m]
+    protocols = {m["name"]: m["protocol"] or "unknown" for m in a["models"]}
+    named = (f"protocol `{protocol}`" if len(set(protocols.values())) == 1 else
+             "protocols " + ", ".join(f"`{p}` ({n})" for n, p in protocols.items()))
     out.append(("p", f"Generated answers, the final number extracted and compared exactly with the reference; "
-                     f"protocol `{protocol}`. Strict: only a `#### N` answer counts (lm-evaluation-harness's "
-                     f"strict-match)."))
+                     f"{named}. Strict: only a `#### N` answer counts (lm-evaluation-harness's strict-match)."))
     rows = [[m["name"], m["protocol"] or "", m["n"], m["correct"], pct(m["accuracy"]),
              f"{pct(m['ci95'][0])} to {pct(m['ci95'][1])}", pct(m["strict_accuracy"]), m["format_failures"],
              m["truncated"]] for m in a["models"]]
@@ -72,6 +72,99 @@ def _headline(a: dict) -> list[Block]:
         out.append(("table", ["", f"{c['b']} right", f"{c['b']} wrong"],
                     [[f"{c['a']} right", c["both_correct"], c["only_a"]], [f"{c['a']} wrong", c["only_b"], c["neither"]]]))
     return out + [("img", "accuracy.png", "answer accuracy with 95% intervals")]
+
+
+def _points(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _power_sentence(c: dict) -> str:
+    """What this n could detect (alpha 0.05, 80% power, at the observed share of discordant pairs)."""
+    p = c["power"]
+    if p["detectable_diff"] is None:
+        return (f"Power: no question was answered right by one model only, so this comparison cannot say what "
+                f"difference {c['n']} questions could detect.")
+    text = (f"Power (paired, alpha {p['alpha']}, {100 * p['power']:.0f}% power, {pct(p['discordant_share'])} of "
+            f"questions discordant): with {c['n']} questions this comparison could detect changes of "
+            f"+-{_points(p['detectable_diff'])} points")
+    if c["n"] < p["full_split_n"] and p["full_split_detectable_diff"] is not None:
+        text += f"; all {p['full_split_n']:,} GSM8K test questions would detect +-{_points(p['full_split_detectable_diff'])}"
+    if p["n_needed_for_observed"] is not None:
+        text += f"; detecting the observed {100 * c['diff']:+.1f} points would take about {p['n_needed_for_observed']:,} questions"
+    return text + "."
+
+
+def _also_answered(m: dict, models: list[dict]) -> str:
+    others = " and ".join(o["name"] for o in models if o is not m)
+    return (f"{m['name']} also answered {m['n_all'] - m['n']} questions that {others} did not: "
+            f"{m['correct_all']}/{m['n_all']} = {pct(m['accuracy_all'])} (95% CI {pct(m['ci95_all'][0])} to "
+            f"{pct(m['ci95_all'][1])}) on all of its own. Every other figure is on the {m['n']} questions all answered.")
+
+
+BEHAVIOUR = [("mean_generated_tokens", "mean generated tokens", lambda x: num(x, ".1f")),
+             ("format_compliance", "ends with a `#### N` line", pct),
+             ("truncated", "hit the token limit", pct),
+             ("repetition_loop", "in a repetition loop", pct),
+             ("no_number", "no number found", pct)]
+
+
+def _behaviour(a: dict) -> list[Block]:
+    b = a.get("behaviour")
+    if not b:
+        return []
+    names = list(b["models"])
+    change = b.get("change")
+    signed = lambda key, x: ("n/a" if x is None else f"{x:+.1f}" if key == "mean_generated_tokens"  # noqa: E731
+                             else f"{100 * x:+.1f} points")
+    rows = [[label] + [fmt(b["models"][n][key]) for n in names] + ([signed(key, change[key])] if change else [])
+            for key, label, fmt in BEHAVIOUR]
+    return [("h2", "How the answers look"),
+            ("p", "What fine-tuning changes first in a small model is its format. Shares of each model's answers "
+                  "(rules in docs/analysis-schema.md)."),
+            ("table", ["", *names] + ([f"change ({names[-1]} - {names[0]})"] if change else []), rows)]
+
+
+def _calculator(a: dict) -> list[Block]:
+    calc = a.get("calculator")
+    if not calc:
+        return []
+    slips = a.get("failures", {}).get("arithmetic_slip", {})
+    models = {m["name"]: m for m in a["models"]}
+    rows = [[m["name"], f"{m['correct']}/{m['n']}", pct(m["accuracy"]), f"{pct(m['ci95'][0])} to {pct(m['ci95'][1])}",
+             slips.get(f"n_{m['name']}", "n/a")] for m in a["models"]]
+    out: list[Block] = [
+        ("h2", "The calculator"),
+        ("p", "Each model also answered with the GSM8K paper's calculator in the decoding loop: after `<<EXPR=` the "
+              "result and `>>` are forced (src/mathtune/evaluate/calculator.py). Arithmetic slips are answers that hold "
+              "an equation that is false when re-evaluated."),
+        ("table", ["arm", "correct", "accuracy", "95% CI (Wilson)", "answers with an arithmetic slip"], rows)]
+    for c in calc:
+        p = c["mcnemar_p"]
+        out.append(("p", f"{c['a']} with the calculator: {pct(models[c['b']]['accuracy'])} against "
+                         f"{pct(models[c['a']]['accuracy'])} without, {100 * c['diff']:+.1f} points (95% CI "
+                         f"{100 * c['diff_ci95'][0]:+.1f} to {100 * c['diff_ci95'][1]:+.1f}) on {c['n']} questions; "
+                         f"{c['only_b']} fixed, {c['only_a']} broken; exact McNemar p = {p:.3g}"
+                         f"{' (significant at 5%)' if p < 0.05 else ' (not significant at 5%)'}; "
+                         f"{c['calculator_calls']} calculator calls."))
+    return out
+
+
+MD_CHANGES = 20  # rows of each kind in report.md; analysis.json and report.html hold them all
+
+
+def _changes(a: dict) -> list[Block]:
+    ch = a.get("changes")
+    if not ch:
+        return []
+    out: list[Block] = [("h2", "Which questions changed"),
+                        ("p", f"Fixed: wrong for {ch['a']}, right for {ch['b']} ({len(ch['fixed'])}). Broken: right "
+                              f"for {ch['a']}, wrong for {ch['b']} ({len(ch['broken'])}). These are the discordant "
+                              f"pairs of the McNemar test.")]
+    for kind in ("fixed", "broken"):
+        if ch[kind]:
+            out.append(("h3", f"{kind.capitalize()} ({len(ch[kind])})"))
+            out.append(("changes", {"a": ch["a"], "b": ch["b"], "rows": ch[kind]}))
+    return out
 
 
 def _training(t: dict | None) -> list[Block]:
@@ -109,7 +202,7 @@ def _categories(a: dict) -> list[Block]:
               [f"wrong answers of {focus}", "share of its wrong"]
     rows = []
     for cat, e in f.items():
-        rows.append([cat.replace("_", " "), CATEGORY_RULES.get(cat, "")] + [e[f"n_{n}"] for n in names] +
+        rows.append([cat.replace("_", " "), RULES.get(cat, "")] + [e[f"n_{n}"] for n in names] +
                     [pct(e[f"accuracy_{n}"]) for n in names] + [e["count"], pct(e["share_of_wrong"])])
     steps_rows = [[r["steps"], r["n"]] + [f"{r[f'correct_{n}']}/{r[f'n_{n}']} ({pct(r[f'accuracy_{n}'])})"
                                         for n in names] for r in a["by_steps"]]
@@ -133,7 +226,7 @@ def _examples(a: dict) -> list[Block]:
     out: list[Block] = [("h2", "Failure examples"),
                         ("p", f"Up to three wrong answers of {a['models'][-1]['name']} per category, in the order of its "
                               "predictions file. "
-                              "False equations are marked with the value their left side really has.")]
+                              "False equations are marked with the value of the side that was computed.")]
     for cat, e in f.items():
         if e["examples"]:
             out.append(("h3", f"{cat.replace('_', ' ')} ({e['count']} wrong answers)"))
@@ -209,7 +302,8 @@ def document(a: dict, images: set[str]) -> list[Block]:
     out: list[Block] = [("h1", f"mathtune report: {a['title']}")]
     out += [("note", f"Warning: {w}") for w in a.get("warnings", [])]
     out += [("note", f"Warning: {w}") for w in a.get("reproducibility", {}).get("data", {}).get("warnings", [])]
-    out += _headline(a) + _runs(a) + _training(a.get("training")) + _categories(a) + _examples(a) + _cost(a) + _reproducibility(a)
+    out += (_headline(a) + _calculator(a) + _runs(a) + _training(a.get("training")) + _behaviour(a) + _changes(a)
+            + _categories(a) + _examples(a) + _cost(a) + _reproducibility(a))
     return [b for b in out if b[0] != "img" or b[1] in images]
 
 
@@ -235,7 +329,7 @@ def _md_example(e: dict) -> list[str]:
     for name, ans in e["answers"].items():
         mark = "right" if ans["correct"] else "wrong"
         lines += [f"{_md_text(name)} ({mark}, extracted {_md_text(ans['extracted'])}):", "", _fence(ans["completion"]), ""]
-        lines += [f"- false equation: `{_md_cell(q['equation'])}` (left side is {q['left']})"
+        lines += [f"- false equation: `{_md_cell(q['equation'])}` ({_md_cell(_says(q))})"
                   for q in ans["false_equations"]]
         lines += [""] if ans["false_equations"] else []
     return lines
@@ -260,7 +354,24 @@ def to_markdown(blocks: list[Block]) -> str:
             lines += [f"![{b[2]}](plots/{b[1]})", ""]
         elif kind == "example":
             lines += _md_example(b[1])
+        elif kind == "changes":
+            lines += _md_changes(b[1])
     return "\n".join(lines)
+
+
+def _start(question: str, words: int = 14) -> str:
+    parts = question.split()
+    return " ".join(parts[:words]) + (" ..." if len(parts) > words else "")
+
+
+def _md_changes(c: dict) -> list[str]:
+    rows = c["rows"]
+    lines = [f"| id | question | reference | {_md_cell(c['a'])} | {_md_cell(c['b'])} |", "|---|---|---|---|---|"]
+    lines += [f"| {_md_cell(r['id'])} | {_md_cell(_start(r['question']))} | {_md_cell(r['reference'])} | "
+              f"{_md_cell(r['extracted_a'])} | {_md_cell(r['extracted_b'])} |" for r in rows[:MD_CHANGES]]
+    if len(rows) > MD_CHANGES:
+        lines.append(f"\n{len(rows) - MD_CHANGES} more in analysis.json (`changes`) and in report.html.")
+    return lines + [""]
 
 
 # HTML -----------------------------------------------------------------------------------------------------
@@ -269,7 +380,9 @@ CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em aut
 table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 th{background:#f3f3f3}pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;border-left:3px solid #ccc}
 mark{background:#ffd1d1}.note{background:#fff8e1;padding:.4em .8em;border-left:3px solid #f0b400}
-.example{border:1px solid #ddd;padding:.5em 1em;margin:1em 0}img{max-width:100%}code{background:#f3f3f3}"""
+.example{border:1px solid #ddd;padding:.5em 1em;margin:1em 0}img{max-width:100%}code{background:#f3f3f3}
+details{border-bottom:1px solid #eee;padding:.2em 0}summary{cursor:pointer}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:1em}.pair pre{margin:0}"""
 
 
 def _inline(text: str) -> str:
@@ -304,9 +417,23 @@ def _html_example(e: dict) -> str:
         mark = "right" if ans["correct"] else "wrong"
         parts.append(f"<p>{html.escape(name)} ({mark}, extracted {html.escape(str(ans['extracted']))}):</p>")
         parts.append(f"<pre>{_highlight(ans['completion'], ans['false_equations'])}</pre>")
-        parts += [f"<p>False equation: <code>{html.escape(q['equation'])}</code> (left side is "
-                  f"{html.escape(q['left'])})</p>" for q in ans["false_equations"]]
+        parts += [f"<p>False equation: <code>{html.escape(q['equation'])}</code> ({html.escape(_says(q))})</p>"
+                  for q in ans["false_equations"]]
     return "".join(parts) + "</div>"
+
+
+def _html_changes(c: dict) -> str:
+    """One row per question; each opens (<details>) onto both completions side by side."""
+    a, b = html.escape(c["a"]), html.escape(c["b"])
+    rows = []
+    for r in c["rows"]:
+        summary = (f"<b>{html.escape(r['id'])}</b>: {html.escape(_start(r['question']))} (reference "
+                   f"{html.escape(str(r['reference']))}; {a}: {html.escape(str(r['extracted_a']))}; "
+                   f"{b}: {html.escape(str(r['extracted_b']))})")
+        rows.append(f"<details><summary>{summary}</summary><p>{html.escape(r['question'])}</p><div class='pair'>"
+                    f"<div><p>{a}</p><pre>{html.escape(r['completion_a'])}</pre></div>"
+                    f"<div><p>{b}</p><pre>{html.escape(r['completion_b'])}</pre></div></div></details>")
+    return "<div class='changes'>" + "".join(rows) + "</div>"
 
 
 def to_html(blocks: list[Block], images: dict[str, bytes]) -> str:
@@ -328,6 +455,8 @@ def to_html(blocks: list[Block], images: dict[str, bytes]) -> str:
             body.append(f"<p><img src='data:image/png;base64,{data}' alt='{html.escape(b[2])}'></p>")
         elif kind == "example":
             body.append(_html_example(b[1]))
+        elif kind == "changes":
+            body.append(_html_changes(b[1]))
     title = html.escape(blocks[0][1]) if blocks else "mathtune report"
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

@@ -17,12 +17,13 @@ class MetricsLogger(TrainerCallback):
     time spent training since the previous train row; evaluation time is subtracted.
     """
 
-    def __init__(self, path: Path, price_per_hour: float, is_main: bool = True, resumed: bool = False):
+    def __init__(self, path: Path, price_per_hour: float, is_main: bool = True, resumed: bool = False,
+                 elapsed_before: float = 0.0):
         self.path = Path(path)
         self.price_per_hour = price_per_hour
         self.is_main = is_main
         self.start = time.time()
-        self.elapsed_before = 0.0  # seconds trained before a resume
+        self.elapsed_before = elapsed_before  # seconds trained before a resume (the last logged row's elapsed_s)
         self.last_time = None
         # A fresh run starts from 0 tokens; after a resume the first row has no rate (no reference point).
         self.last_tokens = None if resumed else 0

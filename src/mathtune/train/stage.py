@@ -135,7 +135,8 @@ def run_train(cfg, run_dir: Path) -> dict:
     import torch
     from transformers import EarlyStoppingCallback
 
-    from mathtune.distributed import barrier, is_main as main_process
+    from mathtune.distributed import barrier, rank_and_world
+    from mathtune.distributed import is_main as main_process
     from mathtune.train.guards import NonFiniteGuard
     from mathtune.train.metrics import MetricsLogger
 
@@ -155,8 +156,10 @@ def run_train(cfg, run_dir: Path) -> dict:
         trim_metrics(run_dir / "metrics.jsonl", int(resume_from.name.split("-")[-1]) if resume_from else None)
     barrier()
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
-    price = hourly_price(cfg.cost.model_dump(), gpu, torch.cuda.device_count() if gpu else None)["price_per_hour"]
-    logger = MetricsLogger(run_dir / "metrics.jsonl", price, is_main, resumed=bool(resume_from))
+    price = hourly_price(cfg.cost.model_dump(), gpu, rank_and_world()[1])["price_per_hour"]  # one GPU per process
+    before = read_jsonl(run_dir / "metrics.jsonl", True) if resume_from and (run_dir / "metrics.jsonl").is_file() else []
+    logger = MetricsLogger(run_dir / "metrics.jsonl", price, is_main, resumed=bool(resume_from),
+                           elapsed_before=before[-1]["elapsed_s"] if before else 0.0)
     callbacks = [logger, NonFiniteGuard(run_dir / "checkpoints")]
     if cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
