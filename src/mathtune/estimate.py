@@ -88,8 +88,9 @@ def train_steps(cfg, n_train: int) -> tuple[int, int]:
     return steps, steps // t.eval_steps + 1  # +1: the base model's validation loss at step 0
 
 
-def throughput(device: str, params: int) -> dict:
-    """tokens/s for training and generation on `device` ("cpu" or a GPU name) for a model of `params`."""
+def throughput(device: str, params: int, mfu: float | None = None) -> dict:
+    """tokens/s for training and generation on `device` ("cpu" or a GPU name) for a model of `params`; on a GPU the
+    training rate is the FLOP model at `mfu` (measured by bench/train_throughput_gpu.py), else at ASSUMED_MFU."""
     if device == "cpu":
         t = THROUGHPUT["cpu"]
         scale = t["params"] / params
@@ -100,17 +101,18 @@ def throughput(device: str, params: int) -> dict:
     if key is None:
         raise ValueError(f"no figures for GPU {device!r}; known: {', '.join(GPUS)}")
     g = GPUS[key]
-    train = g["peak_flops"] * ASSUMED_MFU / (4 * params)
+    share, how = (mfu, "a measured") if mfu else (ASSUMED_MFU, "an assumed")
+    train = g["peak_flops"] * share / (4 * params)
     # One decode step reads 2N bytes (bf16) and yields one token per sequence in the batch.
     return {"train": train, "eval_step_seconds": 2 * params / (g["bandwidth"] * ASSUMED_DECODE_EFFICIENCY),
-            "basis": f"{key}: {g['peak_flops'] / 1e12:.0f} TFLOP/s dense bf16 at an assumed {ASSUMED_MFU:.0%} MFU "
+            "basis": f"{key}: {g['peak_flops'] / 1e12:.0f} TFLOP/s dense bf16 at {how} {share:.0%} MFU "
                      f"for training (4N FLOPs per token); decoding at an assumed {ASSUMED_DECODE_EFFICIENCY:.0%} of "
                      f"{g['bandwidth'] / 1e12:.2f} TB/s (2N bytes per step)"}
 
 
-def estimate(cfg, tokens: dict, params: int, device: str) -> dict:
+def estimate(cfg, tokens: dict, params: int, device: str, mfu: float | None = None) -> dict:
     """Predicted seconds and dollars for training and evaluation on `device`."""
-    tp = throughput(device, params)
+    tp = throughput(device, params, mfu)
     steps, evals = train_steps(cfg, tokens["train_rows"])
     epochs = steps / _steps_per_epoch(cfg, tokens["train_rows"])
     train_s = (tokens["train"] * epochs + tokens["val"] * evals / 3) / tp["train"]
@@ -140,10 +142,10 @@ def tokenizer_or_proxy(model_cfg):
         return load_tokenizer(proxy), f"tokens counted with {SMOLLM2}'s tokenizer as a proxy ({e})"
 
 
-def estimate_run(cfg, rows: dict[str, list[dict]], device: str) -> dict:
+def estimate_run(cfg, rows: dict[str, list[dict]], device: str, mfu: float | None = None) -> dict:
     """The whole estimate for a config and its rows on `device`."""
     tokenizer, proxy = tokenizer_or_proxy(cfg.model)
-    out = estimate(cfg, count_tokens(cfg, rows, tokenizer), count_params(cfg.model.name), device)
+    out = estimate(cfg, count_tokens(cfg, rows, tokenizer), count_params(cfg.model.name), device, mfu)
     out["tokenizer"] = proxy or f"{cfg.model.name}'s own"
     return out
 

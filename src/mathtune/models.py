@@ -19,7 +19,8 @@ from mathtune.errors import MathtuneError
 SMOLLM2 = "smollm2-135m-instruct"
 GEMMA3 = "gemma3-270m"
 TINY = "tiny-random-llama"
-EMBEDDED = (SMOLLM2, GEMMA3, TINY)
+TINY_GEMMA2 = "tiny-random-gemma2"
+EMBEDDED = (SMOLLM2, GEMMA3, TINY, TINY_GEMMA2)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -87,6 +88,30 @@ def dequantize_gguf(folder: Path, gguf_file: str, out: Path) -> Path:
     return _write_folder_atomically(out, fill)
 
 
+def build_tiny_gemma2(out: Path) -> Path:
+    """A 2-layer Gemma-2 with random weights and SmolLM2's tokenizer: the reference study's architecture in small,
+    with its attention-logit and final-logit soft-capping, one sliding-window layer (window 32, so GSM8K prompts
+    exceed it) and one global layer, query_pre_attn_scalar: what eager attention and the static decoder must handle."""
+    import torch
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+
+    tok_folder = ensure_local(SMOLLM2)
+
+    def fill(tmp: Path) -> None:
+        tok = AutoTokenizer.from_pretrained(tok_folder)
+        config = Gemma2Config(
+            vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=32,
+            layer_types=["sliding_attention", "full_attention"], attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0, max_position_embeddings=2048, tie_word_embeddings=True,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        torch.manual_seed(0)
+        Gemma2ForCausalLM(config).save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+
+    return _write_folder_atomically(out, fill)
+
+
 def build_tiny(out: Path) -> Path:
     """A 2-layer Llama with random weights and SmolLM2's tokenizer: the test suite's model."""
     import torch
@@ -131,6 +156,8 @@ def ensure_local(name: str) -> str:
         return str(out)
     if name == TINY:
         return str(build_tiny(out))
+    if name == TINY_GEMMA2:
+        return str(build_tiny_gemma2(out))
     folder, gguf_file = _gguf_source(name)
     print(f"mathtune: dequantizing {gguf_file} once into {out}")
     return str(dequantize_gguf(folder, gguf_file, out))

@@ -180,7 +180,8 @@ class Stage:
 STAGES = (
     Stage("data", (), ("data",),
           _files("data/train.jsonl", "data/val.jsonl", "data/test.jsonl", "data/info.json"), _data, False),
-    Stage("train", ("data/train.jsonl", "data/val.jsonl"), ("adapter", "checkpoints", "metrics.jsonl", "train.json"),
+    Stage("train", ("data/train.jsonl", "data/val.jsonl"),
+          ("adapter", "checkpoints", "metrics.jsonl", "train.json", "tensorboard", "mlruns"),
           _files("adapter/adapter_model.safetensors", "train.json"), _train, True),
     Stage("eval", ("data/train.jsonl", "data/test.jsonl", "train.json", "adapter"), ("predictions", "eval.json"),
           _eval_done, _eval, True),

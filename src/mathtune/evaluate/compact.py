@@ -22,11 +22,11 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from tqdm import tqdm
 from transformers.cache_utils import Cache, StaticLayer
 
 from mathtune.evaluate.calculator import Calculator
 from mathtune.evaluate.decoder import Completion, Decoding, eos_ids, finish, left_pad, longest_first, pad_id
+from mathtune.progress import progress
 
 PREFILL_CHUNK = 8  # prompts per prefill pass: little padding, still a matrix-sized batch
 DROP_WHEN_ALIVE = 0.97  # compact the batch once fewer than this share of its rows are still generating
@@ -67,7 +67,7 @@ def decode(model, tokenizer, prompts: list[list[int]], d: Decoding, batch_size: 
     shared = shared_prefix(prompts)
     prefix = _prefix_cache(model, prompts[0][:shared]) if shared else None
     order = longest_first(prompts)
-    bar = tqdm(total=len(prompts), desc=desc, unit="q")
+    bar = progress(len(prompts), desc, "questions")
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         calc = Calculator(tokenizer) if d.calculator else None

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from tqdm import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from mathtune.evaluate.calculator import Calculator
@@ -25,6 +24,7 @@ from mathtune.evaluate.decoder import (
     pad_id,
     sample_seed,
 )
+from mathtune.progress import progress
 
 
 @torch.inference_mode()
@@ -34,7 +34,7 @@ def decode(model, tokenizer, prompts: list[list[int]], ids: list[str], d: Decodi
     pad = pad_id(tokenizer, stops)
     order = longest_first(prompts)
     per_batch = 1 if d.sampling else batch_size
-    bar = tqdm(total=len(prompts), desc=desc, unit="q")
+    bar = progress(len(prompts), desc, "questions")
     for start in range(0, len(order), per_batch):
         idx = order[start:start + per_batch]
         if d.sampling:

@@ -218,6 +218,10 @@ def run_eval(cfg, run_dir: Path) -> dict:
             print(f"mathtune: {name}: {s['correct']}/{s['n']} correct ({100 * s['accuracy']:.1f}%), "
                   f"protocol {protocol.name}")
             atomic_write_json(run_dir / "eval.json", {**previous, **summary})
+    if is_main():
+        from mathtune.train.trackers import log_accuracies
+
+        log_accuracies(cfg, run_dir, summary)
     return summary
 
 

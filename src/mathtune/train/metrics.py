@@ -61,3 +61,36 @@ class MetricsLogger(TrainerCallback):
             return  # the end-of-training summary: run.json has it
         row["cost_usd"] = round(elapsed / 3600 * self.price_per_hour, 4)
         append_jsonl(self.path, row)
+
+
+class TrainProgress(TrainerCallback):
+    """The training stage's one progress display (mathtune/progress.py): optimizer steps with an ETA, the last
+    training and validation loss beside them. It replaces the Trainer's own bars, whose nested evaluation bar
+    leaves escape codes in a redirected log."""
+
+    def __init__(self):
+        self.bar = None
+        self.losses = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from mathtune.progress import progress
+
+        self.bar = progress(state.max_steps, "train", "steps", initial=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is None or not logs:
+            return
+        if "loss" in logs:
+            self.losses["loss"] = logs["loss"]
+        if "eval_loss" in logs:
+            self.losses["validation loss"] = logs["eval_loss"]
+        self.bar.set_postfix_str(", ".join(f"{k} {v:.4f}" for k, v in self.losses.items()))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

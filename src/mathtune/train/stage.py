@@ -13,6 +13,7 @@ from mathtune.errors import MathtuneError
 from mathtune.io import atomic_replace_dir, atomic_write_json, atomic_write_jsonl, read_jsonl, repair_jsonl
 from mathtune.models import load_model, load_tokenizer, pick_device
 from mathtune.train.lora import lora_model
+from mathtune.train.trackers import attach, check_installed, trackers
 
 
 def is_done(run_dir: Path) -> bool:
@@ -78,8 +79,8 @@ def sft_kwargs(cfg, run_dir: Path, device: str, resuming: bool = False) -> dict:
         use_cpu=device == "cpu",
         seed=t.seed,
         data_seed=t.seed,
-        report_to="none",
-        disable_tqdm=False,
+        report_to=trackers(cfg) or "none",
+        disable_tqdm=True,  # TrainProgress (train/metrics.py) shows one progress display instead
         dataloader_num_workers=0,
     )
 
@@ -111,7 +112,7 @@ def make_trainer(cfg, device: str, tokenizer, args, train_dataset, eval_dataset=
     """The Trainer `mathtune train` runs (the training benchmark builds the same one): PEFT LoRA with train/lora.py's
     changes, the configured batch layout, and on a CPU the answer-token loss of train/loss.py (TRL's fused LM head
     projects every position there, prompt included, and computes entropies; on Triton devices it does not)."""
-    from transformers import set_seed
+    from transformers import PrinterCallback, set_seed
     from trl import SFTTrainer
 
     from mathtune.train.loss import CompletionLossTrainer
@@ -125,6 +126,7 @@ def make_trainer(cfg, device: str, tokenizer, args, train_dataset, eval_dataset=
     trainer_class = CompletionLossTrainer if device == "cpu" else SFTTrainer
     trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                             processing_class=tokenizer, callbacks=list(callbacks))
+    trainer.remove_callback(PrinterCallback)  # with disable_tqdm, it would print every log dict: metrics.jsonl has them
     if trainer.args.padding_free:
         _truncate_rows(trainer, cfg.train.max_length)
     return trainer
@@ -138,9 +140,10 @@ def run_train(cfg, run_dir: Path) -> dict:
     from mathtune.distributed import barrier, rank_and_world
     from mathtune.distributed import is_main as main_process
     from mathtune.train.guards import NonFiniteGuard
-    from mathtune.train.metrics import MetricsLogger
+    from mathtune.train.metrics import MetricsLogger, TrainProgress
 
     is_main = main_process()  # under accelerate launch every process trains; the main one writes
+    check_installed(cfg)
 
     device = pick_device(cfg.runtime.device)
     tokenizer = load_tokenizer(cfg.model)
@@ -160,11 +163,12 @@ def run_train(cfg, run_dir: Path) -> dict:
     before = read_jsonl(run_dir / "metrics.jsonl", True) if resume_from and (run_dir / "metrics.jsonl").is_file() else []
     logger = MetricsLogger(run_dir / "metrics.jsonl", price, is_main, resumed=bool(resume_from),
                            elapsed_before=before[-1]["elapsed_s"] if before else 0.0)
-    callbacks = [logger, NonFiniteGuard(run_dir / "checkpoints")]
+    callbacks = [logger, NonFiniteGuard(run_dir / "checkpoints")] + ([TrainProgress()] if is_main else [])
     if cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = make_trainer(cfg, device, tokenizer, sft_args(cfg, run_dir, device, resuming=bool(resume_from)),
                            to_ds(train_rows), to_ds(val_rows), callbacks)
+    attach(trainer, cfg, run_dir)
     if resume_from:
         print(f"mathtune: resuming training from {resume_from}")
     start = time.time()
@@ -192,6 +196,7 @@ def run_train(cfg, run_dir: Path) -> dict:
         "tokens": int(getattr(trainer, "_total_train_tokens", 0)),
         "batching": batching(cfg, device),
         "resumed_from": str(resume_from) if resume_from else None,
+        "mlflow_run_id": getattr(trainer, "mlflow_run_id", None),
     }
     # Under FSDP the LoRA weights are sharded: gathering them is collective, so every process takes part.
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.is_fsdp_enabled else None

@@ -1,0 +1,116 @@
+"""The whole GSM8K test split (1,319 questions) with `mathtune eval`: SmolLM2, chat protocol, greedy, float32, 256 new
+tokens, the compact decoder, at the batch size measured fastest.
+
+1. batch sizes: the first --sweep questions at each of --batch-sizes (tokens/s from each run's summary);
+2. the full split at the fastest, timed as a user runs it (`mathtune eval --model ... --out`, wall seconds, peak RSS);
+3. the static engine (`--decoder static`, model.generate) on the first 64 questions at the same batch size: how many
+   of those 64 answers (extracted numbers) and completions are the same as the full run's.
+Writes bench/results/eval_full_test_split.json.
+
+    python bench/eval_full_test_split.py --gsm8k ../shared/data/gsm8k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "smollm2-135m-instruct"
+
+
+def mathtune_eval(gsm8k: str, out: Path, *extra: str) -> dict:  # extra: key=value overrides
+    """Run `mathtune eval` in its own process; its summary plus the command's wall seconds and peak RSS."""
+    cmd = [sys.executable, "-m", "mathtune.cli", "eval", "--model", MODEL, "--protocol", "chat", "--data", gsm8k,
+           "--out", str(out), *extra]
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        peak = 0
+        while proc.poll() is None:  # the process's own high-water mark, read while it runs
+            try:
+                hwm = [ln for ln in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if ln.startswith("VmHWM")]
+                peak = max(peak, int(hwm[0].split()[1]) * 1024) if hwm else peak
+            except OSError:
+                pass
+            time.sleep(0.5)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.exit(f"{' '.join(cmd)} failed:\n{err.read()[-3000:]}")
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    summary.update(wall_seconds=round(wall, 1), peak_rss_gb=round(peak / 2**30, 2), command=" ".join(
+        ["mathtune", *cmd[3:]]))
+    print(f"{' '.join(extra)}: {summary['generated_tokens']} tokens in {summary['seconds']} s = "
+          f"{summary['tokens_per_s']} tokens/s ({wall:.0f} s wall)", flush=True)
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
+    ap.add_argument("--sweep", type=int, default=128)
+    ap.add_argument("--batch-sizes", default="32,64,128")
+    ap.add_argument("--check", type=int, default=64)
+    ap.add_argument("--limit", type=int, help="fewer questions than the whole split (a test of the script)")
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--keep", help="folder for the predictions files (default: a temporary one)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "eval_full_test_split.json"))
+    args = ap.parse_args()
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mathtune-full-split-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    limit = f"eval.max_new_tokens={args.max_new_tokens}"
+    sweep = {}
+    for bs in map(int, args.batch_sizes.split(",")):
+        s = mathtune_eval(args.gsm8k, work / f"sweep-{bs}.jsonl", limit, f"eval.limit={args.sweep}",
+                          f"eval.batch_size={bs}")
+        sweep[bs] = {k: s[k] for k in ("tokens_per_s", "seconds", "generated_tokens", "peak_rss_gb")}
+    best = max(sweep, key=lambda b: sweep[b]["tokens_per_s"])
+    full = mathtune_eval(args.gsm8k, work / "full.jsonl", limit, f"eval.batch_size={best}",
+                         *([f"eval.limit={args.limit}"] if args.limit else []))
+    static = mathtune_eval(args.gsm8k, work / "static.jsonl", limit, f"eval.limit={args.check}", f"eval.batch_size={best}",
+                           "eval.decoder=static")
+
+    def rows(p):
+        return {r["id"]: r for r in map(json.loads, p.open())}
+
+    f, s = rows(work / "full.jsonl"), rows(work / "static.jsonl")
+    ids = list(s)
+    import torch
+
+    from mathtune.run import cpu_model
+
+    result = {
+        "benchmark": "eval_full_test_split", "model": MODEL, "protocol": "chat",
+        "settings": {"batch_size": best, "max_new_tokens": args.max_new_tokens, "dtype": "float32", "decoder": "compact",
+                     "greedy": True},
+        "batch_size_sweep": {"questions": args.sweep, "tokens_per_s": sweep},
+        "n": full["n"], "wall_seconds": full["wall_seconds"], "minutes": round(full["wall_seconds"] / 60, 1),
+        "generation_seconds": full["seconds"], "generated_tokens": full["generated_tokens"],
+        "tokens_per_s": full["tokens_per_s"], "correct": full["correct"], "strict_correct": full["strict_correct"],
+        "accuracy": round(full["accuracy"], 4), "peak_rss_gb": full["peak_rss_gb"],
+        "truncated": sum(r["truncated"] for r in f.values()), "command": full["command"],
+        "static_check": {"n": len(ids), "batch_size": best, "command": static["command"],
+                         "same_answers": sum(f[i]["extracted"] == s[i]["extracted"] for i in ids),
+                         "same_completions": sum(f[i]["completion"] == s[i]["completion"] for i in ids),
+                         "differing_ids": [i for i in ids if f[i]["extracted"] != s[i]["extracted"]]},
+        "files": str(work),
+        "machine": {"cores": len(os.sched_getaffinity(0)), "cpu": cpu_model(), "torch": torch.__version__},
+        "date": date.today().isoformat(),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("minutes", "tokens_per_s", "accuracy")} |
+                     {"same_answers": result["static_check"]["same_answers"]}))
+
+
+if __name__ == "__main__":
+    main()
