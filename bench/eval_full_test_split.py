@@ -28,8 +28,21 @@ MODEL = "smollm2-135m-instruct"
 
 def mathtune_eval(gsm8k: str, out: Path, *extra: str) -> dict:  # extra: key=value overrides
     """Run `mathtune eval` in its own process; its summary plus the command's wall seconds and peak RSS."""
-    cmd = [sys.executable, "-m", "mathtune.cli", "eval", "--model", MODEL, "--protocol", "chat", "--data", gsm8k,
-           "--out", str(out), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mathtune.cli",
+        "eval",
+        "--model",
+        MODEL,
+        "--protocol",
+        "chat",
+        "--data",
+        gsm8k,
+        "--out",
+        str(out),
+        *extra,
+    ]
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
@@ -46,10 +59,14 @@ def mathtune_eval(gsm8k: str, out: Path, *extra: str) -> dict:  # extra: key=val
             err.seek(0)
             sys.exit(f"{' '.join(cmd)} failed:\n{err.read()[-3000:]}")
     summary = json.loads(out.with_suffix(".summary.json").read_text())
-    summary.update(wall_seconds=round(wall, 1), peak_rss_gb=round(peak / 2**30, 2), command=" ".join(
-        ["mathtune", *cmd[3:]]))
-    print(f"{' '.join(extra)}: {summary['generated_tokens']} tokens in {summary['seconds']} s = "
-          f"{summary['tokens_per_s']} tokens/s ({wall:.0f} s wall)", flush=True)
+    summary.update(
+        wall_seconds=round(wall, 1), peak_rss_gb=round(peak / 2**30, 2), command=" ".join(["mathtune", *cmd[3:]])
+    )
+    print(
+        f"{' '.join(extra)}: {summary['generated_tokens']} tokens in {summary['seconds']} s = "
+        f"{summary['tokens_per_s']} tokens/s ({wall:.0f} s wall)",
+        flush=True,
+    )
     return summary
 
 
@@ -70,14 +87,26 @@ def main() -> None:
     limit = f"eval.max_new_tokens={args.max_new_tokens}"
     sweep = {}
     for bs in map(int, args.batch_sizes.split(",")):
-        s = mathtune_eval(args.gsm8k, work / f"sweep-{bs}.jsonl", limit, f"eval.limit={args.sweep}",
-                          f"eval.batch_size={bs}")
+        s = mathtune_eval(
+            args.gsm8k, work / f"sweep-{bs}.jsonl", limit, f"eval.limit={args.sweep}", f"eval.batch_size={bs}"
+        )
         sweep[bs] = {k: s[k] for k in ("tokens_per_s", "seconds", "generated_tokens", "peak_rss_gb")}
     best = max(sweep, key=lambda b: sweep[b]["tokens_per_s"])
-    full = mathtune_eval(args.gsm8k, work / "full.jsonl", limit, f"eval.batch_size={best}",
-                         *([f"eval.limit={args.limit}"] if args.limit else []))
-    static = mathtune_eval(args.gsm8k, work / "static.jsonl", limit, f"eval.limit={args.check}", f"eval.batch_size={best}",
-                           "eval.decoder=static")
+    full = mathtune_eval(
+        args.gsm8k,
+        work / "full.jsonl",
+        limit,
+        f"eval.batch_size={best}",
+        *([f"eval.limit={args.limit}"] if args.limit else []),
+    )
+    static = mathtune_eval(
+        args.gsm8k,
+        work / "static.jsonl",
+        limit,
+        f"eval.limit={args.check}",
+        f"eval.batch_size={best}",
+        "eval.decoder=static",
+    )
 
     def rows(p):
         return {r["id"]: r for r in map(json.loads, p.open())}
@@ -89,27 +118,49 @@ def main() -> None:
     from mathtune.run import cpu_model
 
     result = {
-        "benchmark": "eval_full_test_split", "model": MODEL, "protocol": "chat",
-        "settings": {"batch_size": best, "max_new_tokens": args.max_new_tokens, "dtype": "float32", "decoder": "compact",
-                     "greedy": True},
+        "benchmark": "eval_full_test_split",
+        "model": MODEL,
+        "protocol": "chat",
+        "settings": {
+            "batch_size": best,
+            "max_new_tokens": args.max_new_tokens,
+            "dtype": "float32",
+            "decoder": "compact",
+            "greedy": True,
+        },
         "batch_size_sweep": {"questions": args.sweep, "tokens_per_s": sweep},
-        "n": full["n"], "wall_seconds": full["wall_seconds"], "minutes": round(full["wall_seconds"] / 60, 1),
-        "generation_seconds": full["seconds"], "generated_tokens": full["generated_tokens"],
-        "tokens_per_s": full["tokens_per_s"], "correct": full["correct"], "strict_correct": full["strict_correct"],
-        "accuracy": round(full["accuracy"], 4), "peak_rss_gb": full["peak_rss_gb"],
-        "truncated": sum(r["truncated"] for r in f.values()), "command": full["command"],
-        "static_check": {"n": len(ids), "batch_size": best, "command": static["command"],
-                         "same_answers": sum(f[i]["extracted"] == s[i]["extracted"] for i in ids),
-                         "same_completions": sum(f[i]["completion"] == s[i]["completion"] for i in ids),
-                         "differing_ids": [i for i in ids if f[i]["extracted"] != s[i]["extracted"]]},
+        "n": full["n"],
+        "wall_seconds": full["wall_seconds"],
+        "minutes": round(full["wall_seconds"] / 60, 1),
+        "generation_seconds": full["seconds"],
+        "generated_tokens": full["generated_tokens"],
+        "tokens_per_s": full["tokens_per_s"],
+        "correct": full["correct"],
+        "strict_correct": full["strict_correct"],
+        "accuracy": round(full["accuracy"], 4),
+        "peak_rss_gb": full["peak_rss_gb"],
+        "truncated": sum(r["truncated"] for r in f.values()),
+        "command": full["command"],
+        "static_check": {
+            "n": len(ids),
+            "batch_size": best,
+            "command": static["command"],
+            "same_answers": sum(f[i]["extracted"] == s[i]["extracted"] for i in ids),
+            "same_completions": sum(f[i]["completion"] == s[i]["completion"] for i in ids),
+            "differing_ids": [i for i in ids if f[i]["extracted"] != s[i]["extracted"]],
+        },
         "files": str(work),
         "machine": {"cores": len(os.sched_getaffinity(0)), "cpu": cpu_model(), "torch": torch.__version__},
         "date": date.today().isoformat(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("minutes", "tokens_per_s", "accuracy")} |
-                     {"same_answers": result["static_check"]["same_answers"]}))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("minutes", "tokens_per_s", "accuracy")}
+            | {"same_answers": result["static_check"]["same_answers"]}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -37,10 +37,20 @@ def naive(model, tokenizer, prompts, max_new_tokens):
     out = []
     for p in prompts:
         ids = torch.tensor([p])
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, temperature=None, top_p=None, top_k=None,
-                             eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-        out.append(finish(gen[0, ids.shape[1]:].tolist(), tokenizer, stops, tokenizer.pad_token_id, (), max_new_tokens))
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        out.append(
+            finish(gen[0, ids.shape[1] :].tolist(), tokenizer, stops, tokenizer.pad_token_id, (), max_new_tokens)
+        )
     return out
 
 
@@ -55,8 +65,11 @@ def main() -> None:
     ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--levers", default="64:float32:dynamic,64:float32:static,64:float32:compact,64:bfloat16:compact",
-                    help="batch_size:weights_dtype:decoder triples for the engine (eval.decoder)")
+    ap.add_argument(
+        "--levers",
+        default="64:float32:dynamic,64:float32:static,64:float32:compact,64:bfloat16:compact",
+        help="batch_size:weights_dtype:decoder triples for the engine (eval.decoder)",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "eval_throughput.json"))
     args = ap.parse_args()
 
@@ -90,11 +103,22 @@ def main() -> None:
         tokens = sum(n for _, n, _ in out)
         answers = [extract_answer(t) for t, _, _ in out]
         differ = [rows[i]["id"] for i, (a, b) in enumerate(zip(answers, naive_answers)) if a != b]
-        levers.append({"batch_size": bs, "dtype": dtype, "kv_cache": cache, "seconds": round(secs, 2), "tokens": tokens,
-                       "tokens_per_s": round(tokens / secs, 2), "identical_answers": len(prompts) - len(differ),
-                       "differing_ids": differ})
-        print(f"batch {bs} {dtype} {cache}: {tokens} tokens in {secs:.1f} s = {tokens / secs:.1f} tokens/s, "
-              f"{len(differ)} answers differ")
+        levers.append(
+            {
+                "batch_size": bs,
+                "dtype": dtype,
+                "kv_cache": cache,
+                "seconds": round(secs, 2),
+                "tokens": tokens,
+                "tokens_per_s": round(tokens / secs, 2),
+                "identical_answers": len(prompts) - len(differ),
+                "differing_ids": differ,
+            }
+        )
+        print(
+            f"batch {bs} {dtype} {cache}: {tokens} tokens in {secs:.1f} s = {tokens / secs:.1f} tokens/s, "
+            f"{len(differ)} answers differ"
+        )
 
     # The engine's figure: the fastest setting that keeps at least n-1 answers identical to the naive run.
     faithful = [x for x in levers if x["identical_answers"] >= len(prompts) - 1] or levers
@@ -116,13 +140,20 @@ def main() -> None:
         "identical_answers": best["identical_answers"],
         "differing_ids": best["differing_ids"],
         "levers": levers,
-        "machine": {"cores": len(os.sched_getaffinity(0)), "cpu": cpu_model(), "gpu": None,
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {
+            "cores": len(os.sched_getaffinity(0)),
+            "cpu": cpu_model(),
+            "gpu": None,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
         "date": date.today().isoformat(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("ratio", "naive_tokens_per_s", "engine_tokens_per_s", "identical_answers")}))
+    print(
+        json.dumps({k: result[k] for k in ("ratio", "naive_tokens_per_s", "engine_tokens_per_s", "identical_answers")})
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPE_2B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=16,
-                num_key_value_heads=8)
+SHAPE_2B = dict(
+    hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8
+)
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
 
@@ -48,8 +49,14 @@ def main() -> None:
     tok.padding_side = "left"
     shape = TINY if args.tiny else SHAPE_2B
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, **shape)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        max_position_embeddings=4096,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        **shape,
+    )
     model = LlamaForCausalLM(config).to(device, torch.float32 if args.tiny else torch.bfloat16).eval()
     params = sum(p.numel() for p in model.parameters())
     rows = from_jsonl(Path(args.gsm8k), "test")[: args.n]
@@ -69,13 +76,21 @@ def main() -> None:
         results[engine] = {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
         print(f"{engine}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s", flush=True)
     same = sum(a == b for a, b in zip(answers["static"], answers["compact"]))
-    result = {"benchmark": "eval_throughput_gpu", "params": params, "shape": shape, "n": len(prompts),
-              "batch_size": len(prompts), "max_new_tokens": args.max_new_tokens, "dtype": str(model.dtype),
-              **{f"{k}_{m}": v for k, r in results.items() for m, v in r.items()},
-              "ratio": round(results["compact"]["tokens_per_s"] / results["static"]["tokens_per_s"], 2),
-              "identical_answers": same,
-              "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None, "torch": torch.__version__,
-              "date": date.today().isoformat()}
+    result = {
+        "benchmark": "eval_throughput_gpu",
+        "params": params,
+        "shape": shape,
+        "n": len(prompts),
+        "batch_size": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+        "dtype": str(model.dtype),
+        **{f"{k}_{m}": v for k, r in results.items() for m, v in r.items()},
+        "ratio": round(results["compact"]["tokens_per_s"] / results["static"]["tokens_per_s"], 2),
+        "identical_answers": same,
+        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+        "torch": torch.__version__,
+        "date": date.today().isoformat(),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("ratio", "identical_answers", "params")}))

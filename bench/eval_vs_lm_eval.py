@@ -76,17 +76,37 @@ metadata:
 
 def write_task(folder: Path, gsm8k: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "gsm8k_local.yaml").write_text(TASK.format(train=(gsm8k / "train.jsonl").resolve(),
-                                                         test=(gsm8k / "test.jsonl").resolve(),
-                                                         until=json.dumps(STOPS)))
+    (folder / "gsm8k_local.yaml").write_text(
+        TASK.format(
+            train=(gsm8k / "train.jsonl").resolve(), test=(gsm8k / "test.jsonl").resolve(), until=json.dumps(STOPS)
+        )
+    )
     return folder
 
 
 def run_lm_eval(model_path: str, task_dir: Path, out: Path, limit: int, batch: int, max_new: int) -> tuple[float, Path]:
-    cmd = [shutil.which("lm_eval") or "lm_eval", "--model", "hf", "--model_args",
-           f"pretrained={model_path},dtype=float32", "--tasks", "gsm8k_local", "--include_path", str(task_dir),
-           "--limit", str(limit), "--batch_size", str(batch), "--device", "cpu", "--log_samples",
-           "--output_path", str(out), "--gen_kwargs", f"max_gen_toks={max_new}"]
+    cmd = [
+        shutil.which("lm_eval") or "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={model_path},dtype=float32",
+        "--tasks",
+        "gsm8k_local",
+        "--include_path",
+        str(task_dir),
+        "--limit",
+        str(limit),
+        "--batch_size",
+        str(batch),
+        "--device",
+        "cpu",
+        "--log_samples",
+        "--output_path",
+        str(out),
+        "--gen_kwargs",
+        f"max_gen_toks={max_new}",
+    ]
     start = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -99,9 +119,25 @@ def run_lm_eval(model_path: str, task_dir: Path, out: Path, limit: int, batch: i
 
 
 def run_mathtune(model: str, gsm8k: Path, out: Path, limit: int, batch: int, max_new: int) -> tuple[float, Path]:
-    cmd = [sys.executable, "-m", "mathtune.cli", "eval", "--model", model, "--protocol", "few-shot", "--data",
-           str(gsm8k), "--limit", str(limit), "--out", str(out), f"eval.batch_size={batch}",
-           f"eval.max_new_tokens={max_new}", "model.dtype=float32"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mathtune.cli",
+        "eval",
+        "--model",
+        model,
+        "--protocol",
+        "few-shot",
+        "--data",
+        str(gsm8k),
+        "--limit",
+        str(limit),
+        "--out",
+        str(out),
+        f"eval.batch_size={batch}",
+        f"eval.max_new_tokens={max_new}",
+        "model.dtype=float32",
+    ]
     start = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -157,11 +193,18 @@ def main() -> None:
     gsm8k = Path(args.gsm8k)
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mathtune-vs-lm-eval-"))
     model_path = ensure_local(args.model)
-    lm_s, lm_samples = run_lm_eval(model_path, write_task(work / "task", gsm8k), work / "lm_eval", args.limit,
-                                   args.lm_eval_batch, args.max_new_tokens)
+    lm_s, lm_samples = run_lm_eval(
+        model_path,
+        write_task(work / "task", gsm8k),
+        work / "lm_eval",
+        args.limit,
+        args.lm_eval_batch,
+        args.max_new_tokens,
+    )
     print(f"lm-eval: {lm_s:.1f} s", flush=True)
-    mt_s, ours = run_mathtune(args.model, gsm8k, work / "mathtune.jsonl", args.limit, args.mathtune_batch,
-                              args.max_new_tokens)
+    mt_s, ours = run_mathtune(
+        args.model, gsm8k, work / "mathtune.jsonl", args.limit, args.mathtune_batch, args.max_new_tokens
+    )
     print(f"mathtune: {mt_s:.1f} s", flush=True)
     import torch
 
@@ -173,10 +216,17 @@ def main() -> None:
         "limit": args.limit,
         "max_new_tokens": args.max_new_tokens,
         "stop": STOPS,
-        "lm_eval": {"version": _version("lm_eval"), "batch_size": args.lm_eval_batch, "wall_seconds": round(lm_s, 1),
-                    "command": "lm_eval --model hf --tasks gsm8k_local (bench/eval_vs_lm_eval.py's TASK)"},
-        "mathtune": {"batch_size": args.mathtune_batch, "wall_seconds": round(mt_s, 1),
-                     "command": "mathtune eval --model M --protocol few-shot"},
+        "lm_eval": {
+            "version": _version("lm_eval"),
+            "batch_size": args.lm_eval_batch,
+            "wall_seconds": round(lm_s, 1),
+            "command": "lm_eval --model hf --tasks gsm8k_local (bench/eval_vs_lm_eval.py's TASK)",
+        },
+        "mathtune": {
+            "batch_size": args.mathtune_batch,
+            "wall_seconds": round(mt_s, 1),
+            "command": "mathtune eval --model M --protocol few-shot",
+        },
         "ratio": round(lm_s / mt_s, 2),
         **compare(lm_samples, ours),
         "files": str(work),

@@ -33,12 +33,14 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTE = ("Each setting ran in its own process. Plain TRL (baseline, trl_*) on the system allocator, mathtune and the "
-        "limit under tcmalloc as mathtune runs itself; trl_tcmalloc and mathtune_allocator_glibc swap that. trl_* levers add to the baseline in turn (gradient checkpointing off, "
-        "then bf16 autocast, then TRL's padding_free or a per-row layout). mathtune_* levers are mathtune's path "
-        "with one change: per_sequence / rows_per_forward=N (the batch layout), torch_dropout (PEFT's nn.Dropout "
-        "instead of FastDropout), float32_frozen (frozen weights cast by autocast on every forward), trl_loss (TRL's "
-        "fused LM head over every position instead of the answer-token loss), compile (torch.compile).")
+NOTE = (
+    "Each setting ran in its own process. Plain TRL (baseline, trl_*) on the system allocator, mathtune and the "
+    "limit under tcmalloc as mathtune runs itself; trl_tcmalloc and mathtune_allocator_glibc swap that. trl_* levers add to the baseline in turn (gradient checkpointing off, "
+    "then bf16 autocast, then TRL's padding_free or a per-row layout). mathtune_* levers are mathtune's path "
+    "with one change: per_sequence / rows_per_forward=N (the batch layout), torch_dropout (PEFT's nn.Dropout "
+    "instead of FastDropout), float32_frozen (frozen weights cast by autocast on every forward), trl_loss (TRL's "
+    "fused LM head over every position instead of the answer-token loss), compile (torch.compile)."
+)
 LIMIT_LENGTHS = (256, 512, 1024)
 
 
@@ -81,9 +83,21 @@ def baseline_args(out: str, steps: int, **levers):
     """SFTConfig's defaults but for what the comparison fixes: batch, lr, steps, seed, logging, float32."""
     from trl import SFTConfig
 
-    kw = dict(output_dir=out, per_device_train_batch_size=8, learning_rate=2e-4, max_steps=steps, seed=42,
-              data_seed=42, logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
-              use_cpu=True, bf16=False, disable_tqdm=True)
+    kw = dict(
+        output_dir=out,
+        per_device_train_batch_size=8,
+        learning_rate=2e-4,
+        max_steps=steps,
+        seed=42,
+        data_seed=42,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        disable_tqdm=True,
+    )
     kw.update(levers)
     return SFTConfig(**kw)
 
@@ -94,8 +108,16 @@ def mathtune_args(cfg, out: str, steps: int):
     from mathtune.train.stage import sft_kwargs
 
     kw = sft_kwargs(cfg, Path(out), "cpu")
-    kw.update(output_dir=out, max_steps=steps, logging_steps=1, save_strategy="no", eval_strategy="no",
-              eval_on_start=False, load_best_model_at_end=False, disable_tqdm=True)
+    kw.update(
+        output_dir=out,
+        max_steps=steps,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        eval_on_start=False,
+        load_best_model_at_end=False,
+        disable_tqdm=True,
+    )
     return SFTConfig(**kw)
 
 
@@ -107,9 +129,15 @@ def timed_train(trainer, losses) -> dict:
     # TRL's count of the non-padding tokens trained on (attention-mask sum, or the packed row's length): the same
     # rows in the same order for every setting (one seed), so the same count; the JSON shows it per setting.
     tokens = int(trainer._total_train_tokens)
-    return {"steps": trainer.state.global_step, "tokens": tokens, "seconds": round(seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 2), "peak_rss_gb": round(rss.peak / 2**30, 2),
-            "losses": losses.rows, "final_loss": losses.rows[-1]["loss"] if losses.rows else None}
+    return {
+        "steps": trainer.state.global_step,
+        "tokens": tokens,
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 2),
+        "peak_rss_gb": round(rss.peak / 2**30, 2),
+        "losses": losses.rows,
+        "final_loss": losses.rows[-1]["loss"] if losses.rows else None,
+    }
 
 
 def run_trl(cfg, dataset, tmp: str, steps: int, **levers) -> dict:
@@ -121,9 +149,14 @@ def run_trl(cfg, dataset, tmp: str, steps: int, **levers) -> dict:
 
     torch.manual_seed(42)
     losses = _losses_callback()
-    trainer = SFTTrainer(model=load_model(cfg.model, "cpu"), args=baseline_args(tmp, steps, **levers),
-                         train_dataset=dataset, processing_class=load_tokenizer(cfg.model),
-                         peft_config=lora_config(cfg.lora), callbacks=[losses])
+    trainer = SFTTrainer(
+        model=load_model(cfg.model, "cpu"),
+        args=baseline_args(tmp, steps, **levers),
+        train_dataset=dataset,
+        processing_class=load_tokenizer(cfg.model),
+        peft_config=lora_config(cfg.lora),
+        callbacks=[losses],
+    )
     return timed_train(trainer, losses)
 
 
@@ -149,8 +182,9 @@ def run_mathtune(cfg, dataset, tmp: str, steps: int, change: str = "") -> dict:
         cfg.train.compile = True
     torch.manual_seed(42)
     losses = _losses_callback()
-    trainer = stage.make_trainer(cfg, "cpu", load_tokenizer(cfg.model), mathtune_args(cfg, tmp, steps), dataset,
-                                 callbacks=[losses])
+    trainer = stage.make_trainer(
+        cfg, "cpu", load_tokenizer(cfg.model), mathtune_args(cfg, tmp, steps), dataset, callbacks=[losses]
+    )
     drops = sum(isinstance(m, nn.Dropout) for m in trainer.model.modules())
     result = timed_train(trainer, losses)
     result["torch_dropout_modules"] = drops
@@ -166,15 +200,21 @@ def limit_batches(cfg, rows, length: int) -> tuple[list, list]:
 
     # TRL's own tokenization of the dataset (chat template, answer-only labels, EOS), so the tokens are the same.
     tok = load_tokenizer(cfg.model)
-    probe = SFTTrainer(model=load_model(cfg.model, "cpu"), train_dataset=rows, processing_class=tok,
-                       args=SFTConfig(output_dir=tempfile.mkdtemp(), report_to="none", use_cpu=True,
-                                      max_length=cfg.train.max_length))
+    probe = SFTTrainer(
+        model=load_model(cfg.model, "cpu"),
+        train_dataset=rows,
+        processing_class=tok,
+        args=SFTConfig(output_dir=tempfile.mkdtemp(), report_to="none", use_cpu=True, max_length=cfg.train.max_length),
+    )
     ids, labels = [], []
     for row in probe.train_dataset:
         ids += row["input_ids"]
         labels += row["labels"]  # -100 on the prompt tokens
     n = len(ids) // length
-    return ([ids[i * length:(i + 1) * length] for i in range(n)], [labels[i * length:(i + 1) * length] for i in range(n)])
+    return (
+        [ids[i * length : (i + 1) * length] for i in range(n)],
+        [labels[i * length : (i + 1) * length] for i in range(n)],
+    )
 
 
 def run_limit(cfg, dataset, length: int, tokens_per_step: int = 2048, per_forward: int | None = None) -> dict:
@@ -198,11 +238,11 @@ def run_limit(cfg, dataset, length: int, tokens_per_step: int = 2048, per_forwar
     with PeakRSS() as rss:
         start = time.perf_counter()
         for s in range(0, len(seqs), per_step):
-            scored_in_step = sum(t != -100 for row in labels[s:s + per_step] for t in row[1:])
+            scored_in_step = sum(t != -100 for row in labels[s : s + per_step] for t in row[1:])
             step_loss = 0.0
             for f in range(s, min(s + per_step, len(seqs)), per_forward):
-                x = torch.tensor(seqs[f:f + per_forward])
-                y = torch.tensor(labels[f:f + per_forward])[:, 1:]
+                x = torch.tensor(seqs[f : f + per_forward])
+                y = torch.tensor(labels[f : f + per_forward])[:, 1:]
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     hidden = backbone(input_ids=x).last_hidden_state[:, :-1]
                     scored = y != -100
@@ -214,38 +254,83 @@ def run_limit(cfg, dataset, length: int, tokens_per_step: int = 2048, per_forwar
             losses.append({"step": len(losses) + 1, "loss": step_loss})
         seconds = time.perf_counter() - start
     tokens = len(seqs) * length
-    return {"steps": len(losses), "length": length, "per_forward": per_forward, "tokens": tokens, "seconds": round(seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 2), "peak_rss_gb": round(rss.peak / 2**30, 2),
-            "losses": losses, "final_loss": losses[-1]["loss"]}
+    return {
+        "steps": len(losses),
+        "length": length,
+        "per_forward": per_forward,
+        "tokens": tokens,
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 2),
+        "peak_rss_gb": round(rss.peak / 2**30, 2),
+        "losses": losses,
+        "final_loss": losses[-1]["loss"],
+    }
 
 
 def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
     """name -> what the child process runs. Plain TRL runs on the system allocator, as a user runs it; mathtune and
     the limit under tcmalloc, as `mathtune` runs itself (allocator.py); two levers swap them."""
-    out = [("baseline", {"kind": "trl", "steps": steps, "allocator": "system"}),
-           ("mathtune", {"kind": "mathtune", "steps": steps})]
+    out = [
+        ("baseline", {"kind": "trl", "steps": steps, "allocator": "system"}),
+        ("mathtune", {"kind": "mathtune", "steps": steps}),
+    ]
     out += [(f"limit_{n}", {"kind": "limit", "length": n}) for n in LIMIT_LENGTHS]
     out += [("limit_512_one_per_forward", {"kind": "limit", "length": 512, "per_forward": 1})]
-    out += [("trl_tcmalloc", {"kind": "trl", "steps": lever_steps}),
-            ("mathtune_allocator_glibc", {"kind": "mathtune", "steps": lever_steps, "allocator": "system"})]
-    out += [("trl_no_gradient_checkpointing", {"kind": "trl", "steps": lever_steps,
-                                               "levers": {"gradient_checkpointing": False}}),
-            ("trl_bf16_autocast", {"kind": "trl", "steps": lever_steps,
-                                   "levers": {"gradient_checkpointing": False, "bf16": True}}),
-            ("trl_padding_free", {"kind": "trl", "steps": lever_steps,
-                                  "levers": {"gradient_checkpointing": False, "bf16": True, "padding_free": True,
-                                             "max_length": None}}),
-            ("trl_per_sequence", {"kind": "trl", "steps": lever_steps,
-                                  "levers": {"gradient_checkpointing": False, "bf16": True,
-                                             "per_device_train_batch_size": 1, "gradient_accumulation_steps": 8}})]
+    out += [
+        ("trl_tcmalloc", {"kind": "trl", "steps": lever_steps}),
+        ("mathtune_allocator_glibc", {"kind": "mathtune", "steps": lever_steps, "allocator": "system"}),
+    ]
+    out += [
+        (
+            "trl_no_gradient_checkpointing",
+            {"kind": "trl", "steps": lever_steps, "levers": {"gradient_checkpointing": False}},
+        ),
+        (
+            "trl_bf16_autocast",
+            {"kind": "trl", "steps": lever_steps, "levers": {"gradient_checkpointing": False, "bf16": True}},
+        ),
+        (
+            "trl_padding_free",
+            {
+                "kind": "trl",
+                "steps": lever_steps,
+                "levers": {"gradient_checkpointing": False, "bf16": True, "padding_free": True, "max_length": None},
+            },
+        ),
+        (
+            "trl_per_sequence",
+            {
+                "kind": "trl",
+                "steps": lever_steps,
+                "levers": {
+                    "gradient_checkpointing": False,
+                    "bf16": True,
+                    "per_device_train_batch_size": 1,
+                    "gradient_accumulation_steps": 8,
+                },
+            },
+        ),
+    ]
     for name, spec in out:
         if name.startswith("trl_") and name != "trl_tcmalloc":
             spec["allocator"] = "system"
-    out += [(f"mathtune_{c}", {"kind": "mathtune", "steps": lever_steps, "change": c})
-            for c in ("torch_dropout", "float32_frozen", "trl_loss", "compile")]
-    out += [("mathtune_per_sequence", {"kind": "mathtune", "steps": lever_steps, "overrides": ["train.batching=per_sequence"]})]
-    out += [(f"mathtune_rows_per_forward={n}", {"kind": "mathtune", "steps": lever_steps,
-                                                "overrides": [f"train.rows_per_forward={n}"]}) for n in (1, 4, 8)]
+    out += [
+        (f"mathtune_{c}", {"kind": "mathtune", "steps": lever_steps, "change": c})
+        for c in ("torch_dropout", "float32_frozen", "trl_loss", "compile")
+    ]
+    out += [
+        (
+            "mathtune_per_sequence",
+            {"kind": "mathtune", "steps": lever_steps, "overrides": ["train.batching=per_sequence"]},
+        )
+    ]
+    out += [
+        (
+            f"mathtune_rows_per_forward={n}",
+            {"kind": "mathtune", "steps": lever_steps, "overrides": [f"train.rows_per_forward={n}"]},
+        )
+        for n in (1, 4, 8)
+    ]
     return out
 
 
@@ -295,8 +380,13 @@ def machine() -> dict:
 
     from mathtune.run import cpu_model
 
-    return {"cores": len(os.sched_getaffinity(0)), "cpu": cpu_model(), "gpu": None, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    return {
+        "cores": len(os.sched_getaffinity(0)),
+        "cpu": cpu_model(),
+        "gpu": None,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def summary(results: dict, n_rows: int, cfg) -> dict:
@@ -308,7 +398,12 @@ def summary(results: dict, n_rows: int, cfg) -> dict:
         "benchmark": "train_throughput_cpu",
         "model": cfg.model.name,
         "rows": n_rows,
-        "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout, "target": cfg.lora.target_modules},
+        "lora": {
+            "r": cfg.lora.r,
+            "alpha": cfg.lora.alpha,
+            "dropout": cfg.lora.dropout,
+            "target": cfg.lora.target_modules,
+        },
         "batch_size": cfg.train.batch_size,
         "mathtune_batching": ours and ours.get("batching"),
         "mathtune_rows_per_forward": ours and ours.get("rows_per_forward"),
@@ -321,13 +416,20 @@ def summary(results: dict, n_rows: int, cfg) -> dict:
         "baseline_final_loss": base and base["final_loss"],
         "mathtune_final_loss": ours and ours["final_loss"],
         "final_loss_diff_pct": round(100 * (ours["final_loss"] - base["final_loss"]) / base["final_loss"], 2)
-        if base and ours else None,
+        if base and ours
+        else None,
         "peak_rss_gb": ours and ours["peak_rss_gb"],
         "baseline_peak_rss_gb": base and base["peak_rss_gb"],
         "limit_peak_rss_gb": best and best["peak_rss_gb"],
         "levers_note": NOTE,
-        "settings": [{"name": k, **{f: v for f, v in r.items() if f != "losses"},
-                      **({"x_baseline": ratio(r, base)} if base else {})} for k, r in results.items()],
+        "settings": [
+            {
+                "name": k,
+                **{f: v for f, v in r.items() if f != "losses"},
+                **({"x_baseline": ratio(r, base)} if base else {}),
+            }
+            for k, r in results.items()
+        ],
         "loss_curves": {k: r["losses"] for k, r in results.items() if k in ("baseline", "mathtune")},
         "machine": machine(),
         "date": date.today().isoformat(),
@@ -357,21 +459,48 @@ def main() -> None:
     for name, spec in settings(args.steps, args.lever_steps):
         if only and name not in only:
             continue
-        cmd = [sys.executable, __file__, "--gsm8k", args.gsm8k, "--config", args.config, "--rows", str(args.rows),
-               "--child", json.dumps(spec)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--gsm8k",
+            args.gsm8k,
+            "--config",
+            args.config,
+            "--rows",
+            str(args.rows),
+            "--child",
+            json.dumps(spec),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(spec.get("allocator", "tcmalloc")))
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        results[name] = json.loads(lines[-1][len("RESULT "):])
+        results[name] = json.loads(lines[-1][len("RESULT ") :])
         r = results[name]
-        print(f"{name}: {r['tokens']} tokens in {r['seconds']} s = {r['tokens_per_s']} tokens/s, "
-              f"final loss {r['final_loss']}, peak RSS {r['peak_rss_gb']} GB", flush=True)
+        print(
+            f"{name}: {r['tokens']} tokens in {r['seconds']} s = {r['tokens_per_s']} tokens/s, "
+            f"final loss {r['final_loss']}, peak RSS {r['peak_rss_gb']} GB",
+            flush=True,
+        )
     out = summary(results, args.rows, cfg)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("ratio", "limit_ratio", "baseline_tokens_per_s", "mathtune_tokens_per_s",
-                                          "limit_tokens_per_s", "final_loss_diff_pct", "peak_rss_gb")}))
+    print(
+        json.dumps(
+            {
+                k: out[k]
+                for k in (
+                    "ratio",
+                    "limit_ratio",
+                    "baseline_tokens_per_s",
+                    "mathtune_tokens_per_s",
+                    "limit_tokens_per_s",
+                    "final_loss_diff_pct",
+                    "peak_rss_gb",
+                )
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,11 +40,30 @@ from trl import SFTConfig, SFTTrainer
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
-GEMMA2_9B = dict(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=256, vocab_size=256000, sliding_window=4096,
-                 attn_logit_softcapping=50.0, final_logit_softcapping=30.0, query_pre_attn_scalar=256)
-TINY = dict(GEMMA2_9B, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, vocab_size=1024, query_pre_attn_scalar=16)
+GEMMA2_9B = dict(
+    hidden_size=3584,
+    intermediate_size=14336,
+    num_hidden_layers=42,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=256,
+    vocab_size=256000,
+    sliding_window=4096,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    query_pre_attn_scalar=256,
+)
+TINY = dict(
+    GEMMA2_9B,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=1024,
+    query_pre_attn_scalar=16,
+)
 
 
 def gsm8k_lengths(gsm8k: Path, n: int):
@@ -55,8 +74,10 @@ def gsm8k_lengths(gsm8k: Path, n: int):
 
     tok = load_tokenizer(load_config(ROOT / "configs" / "demo-cpu.yaml").model)
     rows = from_jsonl(gsm8k, "train")[:n]
-    return tok, [(len(tok(f"Question: {r['question']}\nAnswer:")["input_ids"]), len(tok(" " + r["answer"])["input_ids"]) + 1)
-            for r in rows]
+    return tok, [
+        (len(tok(f"Question: {r['question']}\nAnswer:")["input_ids"]), len(tok(" " + r["answer"])["input_ids"]) + 1)
+        for r in rows
+    ]
 
 
 def random_rows(lengths, vocab: int, seed: int = 0) -> datasets.Dataset:
@@ -108,8 +129,14 @@ def run_one(name, arch, attn, dataset, args_kw, lora, warmup, device, tokenizer,
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     timer = StepTimer(warmup)
-    trainer = SFTTrainer(model=model, args=SFTConfig(**args_kw), train_dataset=dataset, peft_config=lora,
-                         callbacks=[timer], processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(**args_kw),
+        train_dataset=dataset,
+        peft_config=lora,
+        callbacks=[timer],
+        processing_class=tokenizer,
+    )
     trainer.train()
     steps = args_kw["max_steps"] - warmup
     rows = steps * args_kw["per_device_train_batch_size"] * args_kw["gradient_accumulation_steps"]
@@ -118,11 +145,18 @@ def run_one(name, arch, attn, dataset, args_kw, lora, warmup, device, tokenizer,
     tokens = sum(len(r) for r in timed_rows["input_ids"])
     seconds = timer.end - timer.start
     mean_len = tokens / max(1, len(timed_rows))
-    out = {"name": name, "attn": attn, "params": params, "steps_timed": steps, "tokens": tokens,
-           "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
-           "flops_per_token": flops_per_token(arch, params, mean_len),
-           "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
-           "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)}
+    out = {
+        "name": name,
+        "attn": attn,
+        "params": params,
+        "steps_timed": steps,
+        "tokens": tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "flops_per_token": flops_per_token(arch, params, mean_len),
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+        "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
+    }
     print(json.dumps({k: out[k] for k in ("name", "tokens_per_s", "peak_memory_gb", "final_loss")}), flush=True)
     del trainer, model
     gc.collect()
@@ -152,14 +186,40 @@ def main() -> None:
     tokenizer, lengths = gsm8k_lengths(Path(args.gsm8k), batch * args.steps)
     dataset = random_rows(lengths, arch["vocab_size"])
     lora = lora_config(cfg.lora)
-    fixed = dict(output_dir="/tmp/mathtune-gpu-bench", max_steps=args.steps, learning_rate=2e-4, logging_steps=1,
-                 save_strategy="no", eval_strategy="no", report_to="none", seed=42, data_seed=42, disable_tqdm=True,
-                 use_cpu=device == "cpu", bf16=device == "cuda", max_length=cfg.train.max_length)
+    fixed = dict(
+        output_dir="/tmp/mathtune-gpu-bench",
+        max_steps=args.steps,
+        learning_rate=2e-4,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        seed=42,
+        data_seed=42,
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
+        bf16=device == "cuda",
+        max_length=cfg.train.max_length,
+    )
     baseline = dict(fixed, per_device_train_batch_size=batch, gradient_accumulation_steps=1)
     ours = sft_kwargs(cfg, Path("/tmp/mathtune-gpu-bench"), "cuda")
-    ours.update({k: fixed[k] for k in ("output_dir", "max_steps", "logging_steps", "save_strategy", "eval_strategy",
-                                       "disable_tqdm", "use_cpu", "bf16")},
-                eval_on_start=False, load_best_model_at_end=False)
+    ours.update(
+        {
+            k: fixed[k]
+            for k in (
+                "output_dir",
+                "max_steps",
+                "logging_steps",
+                "save_strategy",
+                "eval_strategy",
+                "disable_tqdm",
+                "use_cpu",
+                "bf16",
+            )
+        },
+        eval_on_start=False,
+        load_best_model_at_end=False,
+    )
     levers = {}
     try:
         import liger_kernel  # noqa: F401
@@ -174,28 +234,55 @@ def main() -> None:
     except ImportError:
         flash = False
     results = [run_one("baseline", arch, "eager", dataset, baseline, lora, args.warmup, device, tokenizer)]
-    results.append(run_one("mathtune", arch, "flash_attention_2" if flash else "eager", dataset,
-                           dict(ours, **levers, padding_free=flash, max_length=None if flash else ours["max_length"]),
-                           lora, args.warmup, device, tokenizer, lora_settings=cfg.lora))
+    results.append(
+        run_one(
+            "mathtune",
+            arch,
+            "flash_attention_2" if flash else "eager",
+            dataset,
+            dict(ours, **levers, padding_free=flash, max_length=None if flash else ours["max_length"]),
+            lora,
+            args.warmup,
+            device,
+            tokenizer,
+            lora_settings=cfg.lora,
+        )
+    )
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
     peak = next((v for k, v in PEAK_FLOPS.items() if gpu and k in gpu), None)
     for r in results:
         r["mfu"] = round(r["tokens_per_s"] * r["flops_per_token"] / peak, 4) if peak else None
     base, mt = results
-    out = {"benchmark": "train_throughput_gpu", "model": "gemma-2-9b architecture, random weights" if not args.tiny
-           else "2-layer Gemma-2 (script test on the CPU)", "params": mt["params"],
-           "ratio": round(mt["tokens_per_s"] / base["tokens_per_s"], 2),
-           "baseline_tokens_per_s": base["tokens_per_s"], "mathtune_tokens_per_s": mt["tokens_per_s"],
-           "mfu": mt["mfu"], "baseline_mfu": base["mfu"], "peak_memory_gb": mt["peak_memory_gb"],
-           "baseline_peak_memory_gb": base["peak_memory_gb"], "gpu": gpu, "peak_flops": peak,
-           "levers": {"gradient_checkpointing": False, "flash_attention_2_padding_free": flash, **levers},
-           "settings": results,
-           "machine": {"cores": len(os.sched_getaffinity(0)), "gpu": gpu, "torch": torch.__version__},
-           "date": date.today().isoformat()}
+    out = {
+        "benchmark": "train_throughput_gpu",
+        "model": "gemma-2-9b architecture, random weights"
+        if not args.tiny
+        else "2-layer Gemma-2 (script test on the CPU)",
+        "params": mt["params"],
+        "ratio": round(mt["tokens_per_s"] / base["tokens_per_s"], 2),
+        "baseline_tokens_per_s": base["tokens_per_s"],
+        "mathtune_tokens_per_s": mt["tokens_per_s"],
+        "mfu": mt["mfu"],
+        "baseline_mfu": base["mfu"],
+        "peak_memory_gb": mt["peak_memory_gb"],
+        "baseline_peak_memory_gb": base["peak_memory_gb"],
+        "gpu": gpu,
+        "peak_flops": peak,
+        "levers": {"gradient_checkpointing": False, "flash_attention_2_padding_free": flash, **levers},
+        "settings": results,
+        "machine": {"cores": len(os.sched_getaffinity(0)), "gpu": gpu, "torch": torch.__version__},
+        "date": date.today().isoformat(),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("ratio", "baseline_tokens_per_s", "mathtune_tokens_per_s", "mfu",
-                                          "peak_memory_gb", "gpu")}))
+    print(
+        json.dumps(
+            {
+                k: out[k]
+                for k in ("ratio", "baseline_tokens_per_s", "mathtune_tokens_per_s", "mfu", "peak_memory_gb", "gpu")
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ from mathtune.io import read_jsonl
 
 
 def mathtune(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "mathtune.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "mathtune.cli", *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def write_jsonl(path, rows):
@@ -61,7 +62,8 @@ def test_analyze_handwritten_files(tmp_path, gsm_rows):
     assert f["reasoning_error"]["count"] == 20 - 3
     assert f["arithmetic_slip"]["share_of_wrong"] == pytest.approx(3 / 20)
     assert a["examples"]["test-30"]["answers"]["finetuned"]["false_equations"] == [
-        {"equation": "12 * 4 = 46", "left": "48", "right": "46", "computed": "left", "says": "left side is 48"}]
+        {"equation": "12 * 4 = 46", "left": "48", "right": "46", "computed": "left", "says": "left side is 48"}
+    ]
     assert sum(r["n"] for r in a["by_steps"]) == 40
     assert sum(r["correct_finetuned"] for r in a["by_steps"]) == 20
     html = (tmp_path / "out" / "report.html").read_text()
@@ -91,11 +93,14 @@ def test_html_escapes_everything_from_data(tmp_path, gsm_rows):
     assert "<script>" not in md.split("```")[0]  # outside code fences, data is escaped in Markdown too
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([{"id": "1", "question": "q", "reference": "#### 1"}], "completion"),
-    ([{"question": "q", "reference": "#### 1", "completion": "1"}], "'id'"),
-    ([], "no predictions"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"id": "1", "question": "q", "reference": "#### 1"}], "completion"),
+        ([{"question": "q", "reference": "#### 1", "completion": "1"}], "'id'"),
+        ([], "no predictions"),
+    ],
+)
 def test_wrong_fields_are_a_one_line_error(tmp_path, rows, message):
     path = tmp_path / "bad.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -141,8 +146,10 @@ def fake_run(path, rows, right, r_value):
     write_jsonl(path / "predictions" / "finetuned.jsonl", predictions(rows, right=right))
     (path / "config.yaml").write_text(f"model:\n  name: m\nlora:\n  r: {r_value}\ntrain:\n  epochs: 1\n")
     metrics = [{"step": s, "epoch": s / 40, "val_loss": 1.0 - 0.01 * s} for s in range(0, 41, 8)]
-    metrics += [{"step": s, "epoch": s / 40, "train_loss": 1.1 - 0.01 * s, "mean_token_accuracy": 0.6 + s / 400}
-                for s in range(5, 41, 5)]
+    metrics += [
+        {"step": s, "epoch": s / 40, "train_loss": 1.1 - 0.01 * s, "mean_token_accuracy": 0.6 + s / 400}
+        for s in range(5, 41, 5)
+    ]
     write_jsonl(path / "metrics.jsonl", sorted(metrics, key=lambda m: m["step"]))
     return path
 

@@ -47,8 +47,9 @@ def finished_run(tmp: Path) -> Path:
 
 def preds(tmp: Path, name: str, ids: list[str]) -> Path:
     path = tmp / name
-    path.write_text("".join(json.dumps({"id": i, "question": "q", "reference": "#### 1", "completion": "1"}) + "\n"
-                            for i in ids))
+    path.write_text(
+        "".join(json.dumps({"id": i, "question": "q", "reference": "#### 1", "completion": "1"}) + "\n" for i in ids)
+    )
     return path
 
 
@@ -63,8 +64,11 @@ def data_args(tmp, lines):
 # (case id, function tmp -> argv, words the error line must contain)
 CASES = [
     ("missing config", lambda t: ["run", "--config", t / "nope.yaml", "--out", t / "run"], ["nope.yaml"]),
-    ("yaml syntax error", lambda t: ["run", "--config", _write(t / "bad.yaml", "train: [1, 2\n"), "--out", t / "r"],
-     ["bad.yaml:"]),
+    (
+        "yaml syntax error",
+        lambda t: ["run", "--config", _write(t / "bad.yaml", "train: [1, 2\n"), "--out", t / "r"],
+        ["bad.yaml:"],
+    ),
     ("unknown key", lambda t: run_args(t, "train.epoch=2"), ["train.epoch"]),
     ("wrong type", lambda t: run_args(t, "train.epochs=many"), ["train.epochs"]),
     ("lora r 0", lambda t: run_args(t, "lora.r=0"), ["lora.r"]),
@@ -74,42 +78,124 @@ CASES = [
     ("override without =", lambda t: run_args(t, "train.epochs"), ["train.epochs"]),
     ("missing data file", lambda t: run_args(t, f"data.path={t / 'nowhere'}"), ["nowhere"]),
     ("empty data file", lambda t: data_args(t, []), ["train.jsonl"]),
-    ("malformed JSONL line", lambda t: data_args(t, real_rows(3) + ['{"question": "q", "answer": ']),
-     ["train.jsonl:4"]),
-    ("row without question", lambda t: data_args(t, real_rows(2) + ['{"answer": "#### 3"}']),
-     ["train.jsonl:3", "question"]),
-    ("answer without a final number", lambda t: data_args(t, real_rows(2) + ['{"question": "q?", "answer": "three"}']),
-     ["train.jsonl:3", "####"]),
+    (
+        "malformed JSONL line",
+        lambda t: data_args(t, real_rows(3) + ['{"question": "q", "answer": ']),
+        ["train.jsonl:4"],
+    ),
+    (
+        "row without question",
+        lambda t: data_args(t, real_rows(2) + ['{"answer": "#### 3"}']),
+        ["train.jsonl:3", "question"],
+    ),
+    (
+        "answer without a final number",
+        lambda t: data_args(t, real_rows(2) + ['{"question": "q?", "answer": "three"}']),
+        ["train.jsonl:3", "####"],
+    ),
     ("non-UTF-8 bytes", lambda t: data_args(t, b'{"question": "\xff\xfe", "answer": "#### 1"}\n'), ["train.jsonl"]),
-    ("a row of several MB", lambda t: data_args(t, real_rows(2) + [json.dumps({"question": "x" * 3_000_000,
-                                                                               "answer": "#### 1"})]),
-     ["train.jsonl:3", "question"]),
+    (
+        "a row of several MB",
+        lambda t: data_args(t, real_rows(2) + [json.dumps({"question": "x" * 3_000_000, "answer": "#### 1"})]),
+        ["train.jsonl:3", "question"],
+    ),
     ("unknown model name", lambda t: run_args(t, "model.name=no-such-model-anywhere"), ["no-such-model-anywhere"]),
-    ("model folder without weights", lambda t: run_args(t, f"model.name={_folder(t / 'empty-model')}"),
-     ["empty-model"]),
-    ("output directory is a file", lambda t: ["run", "--config", TINY, "--out", _write(t / "file", "keep me")],
-     ["file"]),
-    ("finished run without --resume", lambda t: ["run", "--config", TINY, "--out", finished_run(t)],
-     ["finished", "--resume"]),
-    ("analyze: wrong fields", lambda t: ["analyze", _write(t / "p.jsonl", '{"id": "1", "answer": "2"}\n'),
-                                         "--out", t / "a"], ["p.jsonl:1"]),
-    ("analyze: no common ids", lambda t: ["analyze", preds(t, "a.jsonl", ["1", "2"]), preds(t, "b.jsonl", ["3"]),
-                                          "--out", t / "a"], ["no question ids in common"]),
-    ("compare: not runs", lambda t: ["compare", _folder(t / "x"), _folder(t / "y"), "--out", t / "c"],
-     ["finetuned.jsonl"]),
-    ("eval: negative limit", lambda t: ["eval", "--model", "tiny-random-llama", "--limit", "-3", "--data", GSM8K,
-                                        "--out", t / "p.jsonl"], ["eval.limit"]),
-    ("eval: unknown protocol", lambda t: ["eval", "--model", "tiny-random-llama", "--protocol", "zero-shot-magic",
-                                          "--data", GSM8K, "--out", t / "p.jsonl"], ["eval.protocol"]),
-    ("eval: adapter that does not match", lambda t: ["eval", "--model", "tiny-random-llama", "--adapter",
-                                                     _bad_adapter(t), "--data", GSM8K, "--limit", "1",
-                                                     "--out", t / "p.jsonl"], ["adapter"]),
-    ("grade: not JSONL", lambda t: ["grade", _write(t / "g.jsonl", "not json\n"), "--out", t / "o.jsonl"],
-     ["g.jsonl:1"]),
-    ("grade: --out under a file", lambda t: ["grade", _write(t / "g.jsonl", '{"completion": "4", "reference": "4"}\n'),
-                                            "--out", _write(t / "FILE", "keep me") / "x.jsonl"], ["FILE"]),
-    ("eval: old key eval.kv_cache", lambda t: ["eval", "--model", "tiny-random-llama", "--data", GSM8K,
-                                               "--out", t / "p.jsonl", "eval.kv_cache=static"], ["eval.decoder"]),
+    (
+        "model folder without weights",
+        lambda t: run_args(t, f"model.name={_folder(t / 'empty-model')}"),
+        ["empty-model"],
+    ),
+    (
+        "output directory is a file",
+        lambda t: ["run", "--config", TINY, "--out", _write(t / "file", "keep me")],
+        ["file"],
+    ),
+    (
+        "finished run without --resume",
+        lambda t: ["run", "--config", TINY, "--out", finished_run(t)],
+        ["finished", "--resume"],
+    ),
+    (
+        "analyze: wrong fields",
+        lambda t: ["analyze", _write(t / "p.jsonl", '{"id": "1", "answer": "2"}\n'), "--out", t / "a"],
+        ["p.jsonl:1"],
+    ),
+    (
+        "analyze: no common ids",
+        lambda t: ["analyze", preds(t, "a.jsonl", ["1", "2"]), preds(t, "b.jsonl", ["3"]), "--out", t / "a"],
+        ["no question ids in common"],
+    ),
+    (
+        "compare: not runs",
+        lambda t: ["compare", _folder(t / "x"), _folder(t / "y"), "--out", t / "c"],
+        ["finetuned.jsonl"],
+    ),
+    (
+        "eval: negative limit",
+        lambda t: ["eval", "--model", "tiny-random-llama", "--limit", "-3", "--data", GSM8K, "--out", t / "p.jsonl"],
+        ["eval.limit"],
+    ),
+    (
+        "eval: unknown protocol",
+        lambda t: [
+            "eval",
+            "--model",
+            "tiny-random-llama",
+            "--protocol",
+            "zero-shot-magic",
+            "--data",
+            GSM8K,
+            "--out",
+            t / "p.jsonl",
+        ],
+        ["eval.protocol"],
+    ),
+    (
+        "eval: adapter that does not match",
+        lambda t: [
+            "eval",
+            "--model",
+            "tiny-random-llama",
+            "--adapter",
+            _bad_adapter(t),
+            "--data",
+            GSM8K,
+            "--limit",
+            "1",
+            "--out",
+            t / "p.jsonl",
+        ],
+        ["adapter"],
+    ),
+    (
+        "grade: not JSONL",
+        lambda t: ["grade", _write(t / "g.jsonl", "not json\n"), "--out", t / "o.jsonl"],
+        ["g.jsonl:1"],
+    ),
+    (
+        "grade: --out under a file",
+        lambda t: [
+            "grade",
+            _write(t / "g.jsonl", '{"completion": "4", "reference": "4"}\n'),
+            "--out",
+            _write(t / "FILE", "keep me") / "x.jsonl",
+        ],
+        ["FILE"],
+    ),
+    (
+        "eval: old key eval.kv_cache",
+        lambda t: [
+            "eval",
+            "--model",
+            "tiny-random-llama",
+            "--data",
+            GSM8K,
+            "--out",
+            t / "p.jsonl",
+            "eval.kv_cache=static",
+        ],
+        ["eval.decoder"],
+    ),
     ("report: not a run", lambda t: ["report", _folder(t / "notarun")], ["notarun"]),
 ]
 
@@ -127,9 +213,18 @@ def _folder(path: Path) -> Path:
 def _bad_adapter(tmp: Path) -> Path:
     """A PEFT adapter folder whose LoRA targets modules the model does not have."""
     folder = _folder(tmp / "adapter")
-    (folder / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8,
-        "target_modules": ["no_such_module"], "base_model_name_or_path": "tiny-random-llama"}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": 4,
+                "lora_alpha": 8,
+                "target_modules": ["no_such_module"],
+                "base_model_name_or_path": "tiny-random-llama",
+            }
+        )
+    )
     return folder
 
 
@@ -146,8 +241,13 @@ def embedded_models_cached():
 def test_bad_input(tmp_path, name, argv, words):
     args = argv(tmp_path)
     before = snapshot(tmp_path)
-    res = subprocess.run([sys.executable, "-m", "mathtune.cli", *map(str, args)], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "mathtune.cli", *map(str, args)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
@@ -167,9 +267,14 @@ def test_table_has_at_least_25_cases():
 def test_ctrl_c_during_a_run_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
     # As a terminal's Ctrl-C: SIGINT handled, even when this test runs as a background job (which ignores it).
-    proc = subprocess.Popen([sys.executable, "-m", "mathtune.cli", *map(str, run_args(tmp_path))], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mathtune.cli", *map(str, run_args(tmp_path))],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 300
     while not (out / "data" / "info.json").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -182,11 +287,17 @@ def test_ctrl_c_during_a_run_says_how_to_resume(tmp_path):
 
 
 if os.environ.get("MATHTUNE_DOC_TABLE"):  # regenerate docs/bad-input.md's rows: MATHTUNE_DOC_TABLE=1 pytest -k print
+
     def test_print_table(tmp_path):
         for name, argv, _ in CASES:
             case = tmp_path / name.replace(" ", "_").replace(":", "")
             case.mkdir()
-            res = subprocess.run([sys.executable, "-m", "mathtune.cli", *map(str, argv(case))], cwd=case,
-                                 capture_output=True, text=True, timeout=600)
+            res = subprocess.run(
+                [sys.executable, "-m", "mathtune.cli", *map(str, argv(case))],
+                cwd=case,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             line = res.stderr.strip().splitlines()[-1].replace(str(case), "…").replace(str(GSM8K), "GSM8K")
             print(f"| {name} | {res.returncode} | `{line}` |")

@@ -47,15 +47,32 @@ def test_packed_rows_attend_only_to_themselves():
         packed = model(input_ids=torch.tensor([a + b]), position_ids=pos, use_cache=False).logits[0]
         leaked = model(input_ids=torch.tensor([a + b]), position_ids=pos, use_cache=True).logits[0]
     torch.testing.assert_close(packed[: len(a)], alone[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(packed[len(a):], alone[1], atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(leaked[len(a):], alone[1], atol=1e-3)  # the test can tell a leak
+    torch.testing.assert_close(packed[len(a) :], alone[1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(leaked[len(a) :], alone[1], atol=1e-3)  # the test can tell a leak
 
 
 def _train_losses(tmp_path, gsm8k, layout: str) -> list[float]:
     out = tmp_path / layout
-    res = subprocess.run([sys.executable, "-m", "mathtune.cli", "run", "--config", str(TINY_CFG), "--out", str(out),
-                          f"data.path={gsm8k}", f"train.batching={layout}", "lora.dropout=0", "eval.limit=1",
-                          "eval.base=false"], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mathtune.cli",
+            "run",
+            "--config",
+            str(TINY_CFG),
+            "--out",
+            str(out),
+            f"data.path={gsm8k}",
+            f"train.batching={layout}",
+            "lora.dropout=0",
+            "eval.limit=1",
+            "eval.base=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return [r["train_loss"] for r in read_jsonl(out / "metrics.jsonl") if "train_loss" in r]
 

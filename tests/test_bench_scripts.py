@@ -13,9 +13,24 @@ from conftest import ROOT
 @pytest.mark.slow
 def test_gpu_training_benchmark_runs_on_a_2_layer_model_on_the_cpu(tmp_path, gsm8k):
     out = tmp_path / "gpu.json"
-    res = subprocess.run([sys.executable, str(ROOT / "bench" / "train_throughput_gpu.py"), "--tiny", "--steps", "2",
-                          "--warmup", "0", "--gsm8k", str(gsm8k), "--out", str(out)], capture_output=True, text=True,
-                         timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "train_throughput_gpu.py"),
+            "--tiny",
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--gsm8k",
+            str(gsm8k),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     for key in ("ratio", "baseline_tokens_per_s", "mathtune_tokens_per_s", "mfu", "peak_memory_gb", "gpu"):
@@ -26,10 +41,27 @@ def test_gpu_training_benchmark_runs_on_a_2_layer_model_on_the_cpu(tmp_path, gsm
 @pytest.mark.slow
 def test_cpu_training_benchmark_runs_each_setting_in_its_own_process(tmp_path, gsm8k):
     out = tmp_path / "cpu.json"
-    res = subprocess.run([sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--config",
-                          str(ROOT / "configs" / "tiny.yaml"), "--rows", "16", "--steps", "2", "--gsm8k", str(gsm8k),
-                          "--only", "baseline,mathtune,limit_256", "--out", str(out)], capture_output=True, text=True,
-                         timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "train_throughput.py"),
+            "--config",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--rows",
+            "16",
+            "--steps",
+            "2",
+            "--gsm8k",
+            str(gsm8k),
+            "--only",
+            "baseline,mathtune,limit_256",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert [s["name"] for s in r["settings"]] == ["baseline", "mathtune", "limit_256"]
@@ -40,8 +72,19 @@ def test_cpu_training_benchmark_runs_each_setting_in_its_own_process(tmp_path, g
 
 def test_committed_results_have_their_fields():
     cpu = json.loads((ROOT / "bench" / "results" / "train_throughput_cpu.json").read_text())
-    for key in ("ratio", "limit_ratio", "baseline_tokens_per_s", "mathtune_tokens_per_s", "limit_tokens_per_s",
-                "baseline_final_loss", "mathtune_final_loss", "peak_rss_gb", "machine", "date", "settings"):
+    for key in (
+        "ratio",
+        "limit_ratio",
+        "baseline_tokens_per_s",
+        "mathtune_tokens_per_s",
+        "limit_tokens_per_s",
+        "baseline_final_loss",
+        "mathtune_final_loss",
+        "peak_rss_gb",
+        "machine",
+        "date",
+        "settings",
+    ):
         assert key in cpu, key
     assert cpu["ratio"] == pytest.approx(cpu["mathtune_tokens_per_s"] / cpu["baseline_tokens_per_s"], rel=0.01)
     assert cpu["limit_ratio"] == pytest.approx(cpu["mathtune_tokens_per_s"] / cpu["limit_tokens_per_s"], rel=0.01)
@@ -50,9 +93,24 @@ def test_committed_results_have_their_fields():
 @pytest.mark.slow
 def test_gpu_generation_benchmark_runs_on_a_2_layer_model_on_the_cpu(tmp_path, gsm8k):
     out = tmp_path / "gen.json"
-    res = subprocess.run([sys.executable, str(ROOT / "bench" / "eval_throughput_gpu.py"), "--tiny", "--n", "6",
-                          "--max-new-tokens", "8", "--gsm8k", str(gsm8k), "--out", str(out)], capture_output=True,
-                         text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "eval_throughput_gpu.py"),
+            "--tiny",
+            "--n",
+            "6",
+            "--max-new-tokens",
+            "8",
+            "--gsm8k",
+            str(gsm8k),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["identical_answers"] == 6 and r["static_tokens"] == r["compact_tokens"] and r["gpu"] is None
@@ -62,8 +120,14 @@ def test_gpu_check_script_parses_and_names_its_parts():
     script = ROOT / "bench" / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text()
-    for part in ("train_throughput_gpu.py", "configs/tiny-gemma2.yaml", "eval_throughput_gpu.py", "estimate",
-                 "--no-index --no-deps", "gpu_check.json"):
+    for part in (
+        "train_throughput_gpu.py",
+        "configs/tiny-gemma2.yaml",
+        "eval_throughput_gpu.py",
+        "estimate",
+        "--no-index --no-deps",
+        "gpu_check.json",
+    ):
         assert part in text, part
     assert "gpu-wheels:" in (ROOT / "Makefile").read_text() and "gpu-check:" in (ROOT / "Makefile").read_text()
 

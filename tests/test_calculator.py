@@ -31,9 +31,21 @@ def tok():
     return AutoTokenizer.from_pretrained(ensure_local(SMOLLM2))
 
 
-@pytest.mark.parametrize("expr, value", [("48/2", "24"), ("1,200*3", "3600"), ("2 x 3", "6"), ("4 × 5", "20"),
-                                         ("(3+4)*2", "14"), ("-5+2", "-3"), ("10/3", "3.33"), ("0.5*5", "2.5"),
-                                         ("1/3000", "0.0003"), ("$12.50*2", "25")])
+@pytest.mark.parametrize(
+    "expr, value",
+    [
+        ("48/2", "24"),
+        ("1,200*3", "3600"),
+        ("2 x 3", "6"),
+        ("4 × 5", "20"),
+        ("(3+4)*2", "14"),
+        ("-5+2", "-3"),
+        ("10/3", "3.33"),
+        ("0.5*5", "2.5"),
+        ("1/3000", "0.0003"),
+        ("$12.50*2", "25"),
+    ],
+)
 def test_calculate(expr, value):
     assert calculate(expr) == value
 
@@ -65,7 +77,7 @@ def _teacher_force(tok, text: str) -> tuple[str, list]:
     calc = Calculator(tok)
     written, ids = "", []
     for _ in range(2000):
-        rest = text[len(written):] if text.startswith(written) else None
+        rest = text[len(written) :] if text.startswith(written) else None
         if not rest:
             break
         want = tok.encode(rest, add_special_tokens=False)[0]
@@ -75,8 +87,9 @@ def _teacher_force(tok, text: str) -> tuple[str, list]:
             m = re.match(r"(?s)(.*<<[^<>=]*=)([^<>]*)>>$", written)
             assert m, written[-80:]
             true_end = text.index(">>", len(m.group(1))) + 2
-            assert Fraction(evaluate(normalise(m.group(2)))) == Fraction(evaluate(normalise(
-                text[len(m.group(1)):true_end - 2]))), (m.group(2), text[len(m.group(1)):true_end])
+            assert Fraction(evaluate(normalise(m.group(2)))) == Fraction(
+                evaluate(normalise(text[len(m.group(1)) : true_end - 2]))
+            ), (m.group(2), text[len(m.group(1)) : true_end])
             text = written + text[true_end:]
     return written, calc.calls.get(0, [])
 
@@ -92,8 +105,9 @@ def test_true_annotations_pass_through(tok, gsm8k):
         calls += len(made)
         strip = lambda s: ANNOTATION.sub(lambda m: f"<<{m.group(1)}={Fraction(evaluate(normalise(m.group(2))))}>>", s)  # noqa: E731
         assert strip(written) == strip(r["answer"]), r["id"]
-        assert [c["value"] for c in made] == [calculate(e) for e, _ in ANNOTATION.findall(r["answer"])
-                                              if calculate(e) is not None][:len(made)]
+        assert [c["value"] for c in made] == [
+            calculate(e) for e, _ in ANNOTATION.findall(r["answer"]) if calculate(e) is not None
+        ][: len(made)]
     assert calls > 100
 
 
@@ -106,8 +120,10 @@ def _scripted(model, tok, scripts: dict[str, str]):
         for a, b in zip(ids, ids[1:]):
             assert table.get(a, b) == b, "scripts must not share a token with two successors"
             table[a] = b
-    starts = {tok.encode(k, add_special_tokens=False)[-1]: tok.encode(v, add_special_tokens=False)[0]
-              for k, v in scripts.items()}
+    starts = {
+        tok.encode(k, add_special_tokens=False)[-1]: tok.encode(v, add_special_tokens=False)[0]
+        for k, v in scripts.items()
+    }
     real = model.forward
 
     def forward(*args, **kwargs):
@@ -156,8 +172,19 @@ def test_a_true_annotation_is_written_as_it_was(tok):
 @pytest.mark.slow
 def test_calculator_arms_run_and_resume(tmp_path, gsm8k):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "mathtune.cli", "run", "--config", str(ROOT / "configs" / "tiny.yaml"), "--out",
-            str(run), f"data.path={gsm8k}", "eval.limit=4", "eval.calculator=true"]
+    args = [
+        sys.executable,
+        "-m",
+        "mathtune.cli",
+        "run",
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--out",
+        str(run),
+        f"data.path={gsm8k}",
+        "eval.limit=4",
+        "eval.calculator=true",
+    ]
     res = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     names = sorted(p.name for p in (run / "predictions").glob("*.jsonl"))
@@ -167,18 +194,25 @@ def test_calculator_arms_run_and_resume(tmp_path, gsm8k):
     assert all("calculator_calls" in r for r in rows)
     analysis = read_json(run / "analysis.json")
     assert [m["name"] for m in analysis["models"]] == ["base", "base-calculator", "finetuned-calculator", "finetuned"]
-    assert [(c["a"], c["b"]) for c in analysis["calculator"]] == [("base", "base-calculator"),
-                                                                  ("finetuned", "finetuned-calculator")]
+    assert [(c["a"], c["b"]) for c in analysis["calculator"]] == [
+        ("base", "base-calculator"),
+        ("finetuned", "finetuned-calculator"),
+    ]
     assert analysis["comparison"]["a"] == "base" and analysis["comparison"]["b"] == "finetuned"
     # Cut the arm back to two answered questions, as a crash would leave it, and resume.
     arm.unlink()
     (run / "predictions" / "finetuned-calculator.partial.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in rows[:2]))
+        "".join(json.dumps(r) + "\n" for r in rows[:2])
+    )
     info = read_json(run / "eval.json")
     info.pop("finetuned-calculator")
     (run / "eval.json").write_text(json.dumps(info))
-    res = subprocess.run([sys.executable, "-m", "mathtune.cli", "run", "--resume", "--out", str(run)],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "mathtune.cli", "run", "--resume", "--out", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert [r["id"] for r in read_jsonl(arm)] == [r["id"] for r in rows]
     assert "mathtune: train: already done, skipped" in res.stdout

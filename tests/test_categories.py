@@ -58,15 +58,24 @@ def test_ordinal_second_is_not_a_unit():
     assert units_named("It takes 30 seconds per lap, 2 minutes in all.") == {"time": {"second", "minute"}}
 
 
-@pytest.mark.parametrize("row, expected", [
-    ({"completion": "I do not know.", "extracted": None, "correct": False}, {"format_failure"}),
-    ({"completion": "16 - 3 - 4 = 9 and 9 * 2 = 19.\n#### 19", "extracted": "19", "correct": False},
-     {"arithmetic_slip"}),
-    ({"completion": "16 - 3 = 13 and 13 * 2 = 26.\n#### 26", "extracted": "26", "correct": False},
-     {"reasoning_error"}),
-    ({"completion": "16 - 3 - 4 = 9 and 9 * 2 = 18.\n#### 18", "extracted": "18", "correct": True}, set()),
-    ({"completion": "16 - 3 - 4 = 9 and 9 * 2 = 18, so", "extracted": "18", "correct": False, "truncated": True},
-     {"truncated", "reasoning_error"}),
-])
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        ({"completion": "I do not know.", "extracted": None, "correct": False}, {"format_failure"}),
+        (
+            {"completion": "16 - 3 - 4 = 9 and 9 * 2 = 19.\n#### 19", "extracted": "19", "correct": False},
+            {"arithmetic_slip"},
+        ),
+        (
+            {"completion": "16 - 3 = 13 and 13 * 2 = 26.\n#### 26", "extracted": "26", "correct": False},
+            {"reasoning_error"},
+        ),
+        ({"completion": "16 - 3 - 4 = 9 and 9 * 2 = 18.\n#### 18", "extracted": "18", "correct": True}, set()),
+        (
+            {"completion": "16 - 3 - 4 = 9 and 9 * 2 = 18, so", "extracted": "18", "correct": False, "truncated": True},
+            {"truncated", "reasoning_error"},
+        ),
+    ],
+)
 def test_answer_categories(row, expected):
     assert set(answer_categories(row)[0]) == expected

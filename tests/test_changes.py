@@ -16,24 +16,45 @@ from mathtune.report.render import MD_CHANGES, document, to_html, to_markdown
 from conftest import ROOT
 
 LABELLED = [json.loads(line) for line in (ROOT / "tests" / "data" / "graded_completions.jsonl").open()]
-DEMO = {r["source"].split("demo (")[1].replace("), GSM8K ", ":"): r["completion"] for r in LABELLED
-        if "demo (" in r["source"]}
+DEMO = {
+    r["source"].split("demo (")[1].replace("), GSM8K ", ":"): r["completion"]
+    for r in LABELLED
+    if "demo (" in r["source"]
+}
 
 
 def row(i, correct, completion="#### 1", **kw):
-    return {"id": f"test-{i}", "question": f"Question {i}: how many apples are there in all of the baskets?",
-            "reference": "#### 1", "completion": completion, "extracted": "1" if correct else "2", "correct": correct,
-            "strict_correct": correct, **kw}
+    return {
+        "id": f"test-{i}",
+        "question": f"Question {i}: how many apples are there in all of the baskets?",
+        "reference": "#### 1",
+        "completion": completion,
+        "extracted": "1" if correct else "2",
+        "correct": correct,
+        "strict_correct": correct,
+        **kw,
+    }
 
 
-@pytest.mark.parametrize("key", ["finetuned:test-12", "finetuned:test-17", "finetuned:test-19", "finetuned:test-9",
-                                 "base:test-13", "base:test-28", "base:test-24"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "finetuned:test-12",
+        "finetuned:test-17",
+        "finetuned:test-19",
+        "finetuned:test-9",
+        "base:test-13",
+        "base:test-28",
+        "base:test-24",
+    ],
+)
 def test_real_loops_are_loops(key):
     assert repetition_loop(DEMO[key]), DEMO[key][-200:]
 
 
-@pytest.mark.parametrize("key", ["base:test-9", "base:test-1", "base:test-14", "finetuned:test-0",
-                                 "finetuned:test-3", "finetuned:test-21"])
+@pytest.mark.parametrize(
+    "key", ["base:test-9", "base:test-1", "base:test-14", "finetuned:test-0", "finetuned:test-3", "finetuned:test-21"]
+)
 def test_real_verbose_answers_are_not_loops(key):
     """SmolLM2's base answers restate phrases ("the total earnings for the first 40 hours of work") but do not loop."""
     assert not repetition_loop(DEMO[key]), DEMO[key][-200:]
@@ -47,9 +68,11 @@ def test_loop_rule_edges():
 
 
 def test_behaviour_shares():
-    rows = [row(1, True, "a\n#### 1", generated_tokens=10), row(2, False, "x " * 5, generated_tokens=30, truncated=True,
-                                                               extracted=None),
-            row(3, False, "So " + "12 * 3 = 36. " * 10, generated_tokens=50, truncated=True)]
+    rows = [
+        row(1, True, "a\n#### 1", generated_tokens=10),
+        row(2, False, "x " * 5, generated_tokens=30, truncated=True, extracted=None),
+        row(3, False, "So " + "12 * 3 = 36. " * 10, generated_tokens=50, truncated=True),
+    ]
     b = behaviour(rows)
     assert b["mean_generated_tokens"] == 30 and b["format_compliance"] == pytest.approx(1 / 3)
     assert b["truncated"] == pytest.approx(2 / 3) and b["repetition_loop"] == pytest.approx(1 / 3)
@@ -125,6 +148,7 @@ def test_power_sentence_in_the_report():
 
 # issue 16: the paired question set -----------------------------------------------------------------------------
 
+
 def test_files_of_different_length_are_paired():
     """gemma3 answered 50 questions, demo 100 (the 50 and 50 more): every model figure is on the 50 both answered;
     demo's own 100 are in the *_all fields only."""
@@ -156,27 +180,45 @@ def test_disjoint_extra_ids_on_both_sides():
 
 
 def test_three_arms_share_one_question_set():
-    arms = {"base": [row(i, i < 5) for i in range(30)], "base-calculator": [row(i, i < 6) for i in range(25)],
-            "finetuned": [row(i, i < 9) for i in range(28)]}
+    arms = {
+        "base": [row(i, i < 5) for i in range(30)],
+        "base-calculator": [row(i, i < 6) for i in range(25)],
+        "finetuned": [row(i, i < 9) for i in range(28)],
+    }
     a = analyze(arms)
     assert all(m["n"] == 25 for m in a["models"]) and a["comparison"]["n"] == 25
     assert a["comparison"]["a"] == "base" and a["comparison"]["b"] == "finetuned"
 
 
 def test_different_protocols_name_each_one():
-    a = analyze({"a": [row(i, True, protocol="chat") for i in range(5)],
-                 "b": [row(i, True, protocol="plain") for i in range(5)]})
+    a = analyze(
+        {
+            "a": [row(i, True, protocol="chat") for i in range(5)],
+            "b": [row(i, True, protocol="plain") for i in range(5)],
+        }
+    )
     md = to_markdown(document(a, set()))
     assert "different protocols" in md and "protocols `chat` (a), `plain` (b)" in md
 
 
 # lm-eval --log_samples as input ---------------------------------------------------------------------------------
 
+
 def _lm_eval_sample(doc_id, question, answer, response, filt):
-    return {"doc_id": doc_id, "doc": {"question": question, "answer": answer}, "target": answer,
-            "arguments": [[f"Question: {question}\nAnswer:", {"until": ["Question:"]}]], "resps": [[response]],
-            "filtered_resps": [response], "filter": filt, "metrics": ["exact_match"], "exact_match": 0.0,
-            "doc_hash": "d", "prompt_hash": f"p{doc_id}", "target_hash": "t"}
+    return {
+        "doc_id": doc_id,
+        "doc": {"question": question, "answer": answer},
+        "target": answer,
+        "arguments": [[f"Question: {question}\nAnswer:", {"until": ["Question:"]}]],
+        "resps": [[response]],
+        "filtered_resps": [response],
+        "filter": filt,
+        "metrics": ["exact_match"],
+        "exact_match": 0.0,
+        "doc_hash": "d",
+        "prompt_hash": f"p{doc_id}",
+        "target_hash": "t",
+    }
 
 
 def test_lm_eval_log_samples_are_read(tmp_path, gsm8k):
@@ -186,11 +228,17 @@ def test_lm_eval_log_samples_are_read(tmp_path, gsm8k):
     for filt in ("strict-match", "flexible-extract"):  # lm-eval writes one row per filter
         for i, r in enumerate(test):
             final = r["answer"].split("####")[-1].strip()
-            lines.append(_lm_eval_sample(i, r["question"], r["answer"], f"So it is {final}.\n#### {final}" if i != 1
-                                         else "I do not know.", filt))
+            lines.append(
+                _lm_eval_sample(
+                    i,
+                    r["question"],
+                    r["answer"],
+                    f"So it is {final}.\n#### {final}" if i != 1 else "I do not know.",
+                    filt,
+                )
+            )
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     rows = load_predictions(path)
     assert [r["id"] for r in rows] == ["test-0", "test-1", "test-2"]  # GSM8K test ids: they pair with mathtune's
     a = analyze({"lm-eval": rows})
     assert a["models"][0]["correct"] == 2 and a["models"][0]["n"] == 3
-

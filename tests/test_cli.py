@@ -9,8 +9,9 @@ from conftest import ROOT
 
 
 def mathtune(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "mathtune.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mathtune.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def assert_clean_error(res, *words):
@@ -44,8 +45,9 @@ def test_out_is_a_file(tmp_path):
 
 
 def test_missing_data_file(tmp_path):
-    res = mathtune("run", "--config", ROOT / "configs" / "tiny.yaml", "--out", tmp_path / "r",
-                   f"data.path={tmp_path / 'nodata'}")
+    res = mathtune(
+        "run", "--config", ROOT / "configs" / "tiny.yaml", "--out", tmp_path / "r", f"data.path={tmp_path / 'nodata'}"
+    )
     assert_clean_error(res, "train.jsonl", "not found")
 
 
@@ -54,8 +56,15 @@ def test_stage_on_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_unknown_model(tmp_path, gsm8k):
-    res = mathtune("run", "--config", ROOT / "configs" / "tiny.yaml", "--out", tmp_path / "r",
-                   f"data.path={gsm8k}", f"model.name={tmp_path / 'no-model'}")
+    res = mathtune(
+        "run",
+        "--config",
+        ROOT / "configs" / "tiny.yaml",
+        "--out",
+        tmp_path / "r",
+        f"data.path={gsm8k}",
+        f"model.name={tmp_path / 'no-model'}",
+    )
     assert_clean_error(res, "model.name")
 
 

@@ -16,8 +16,9 @@ def curve(fn, n=12, every=10, noise=0.0, seed=0):
 @pytest.mark.parametrize("seed", range(5))
 def test_still_improving(seed):
     # Falling steadily to the end: a slow exponential far from its floor, with noise.
-    v = curve_verdict(curve(lambda s: 0.5 + 1.0 * math.exp(-s / 400), noise=0.003, seed=seed), epochs=3,
-                      steps_per_epoch=40)
+    v = curve_verdict(
+        curve(lambda s: 0.5 + 1.0 * math.exp(-s / 400), noise=0.003, seed=seed), epochs=3, steps_per_epoch=40
+    )
     assert v["curve_verdict"] == "still_improving"
     assert "6 epochs" in v["recommendation"]
 
@@ -32,8 +33,9 @@ def test_plateaued(seed):
 @pytest.mark.parametrize("seed", range(5))
 def test_overfitting(seed):
     # Down, then up: a U with its minimum at step 40.
-    v = curve_verdict(curve(lambda s: 1.0 + 0.0004 * (s - 40) ** 2, noise=0.003, seed=seed), epochs=3,
-                      steps_per_epoch=40)
+    v = curve_verdict(
+        curve(lambda s: 1.0 + 0.0004 * (s - 40) ** 2, noise=0.003, seed=seed), epochs=3, steps_per_epoch=40
+    )
     assert v["curve_verdict"] == "overfitting"
     assert v["evidence"]["best_step"] in (30, 40, 50)
     assert "epoch" in v["recommendation"]

@@ -46,7 +46,7 @@ def test_gsm_symbolic_rows_have_final_answers():
         ('{"question": "", "answer": "#### 3"}', "missing or empty 'question'"),
         ('{"question": "Q?", "answer": "no final number"}', "#### <number>"),
         ('{"question": "Q?", "answer": "#### 3"', "not valid JSON"),
-        ('[1, 2]', "expected a JSON object"),
+        ("[1, 2]", "expected a JSON object"),
     ],
 )
 def test_bad_rows_name_file_and_line(tmp_path, line, message):
@@ -85,8 +85,17 @@ def test_strip_calculator():
 
 
 def test_data_stage_writes_the_splits(tmp_path, gsm8k):
-    cfg = load_config(None, ["data.source=jsonl", f"data.path={gsm8k}", "data.max_train_rows=20",
-                             "data.max_val_rows=5", "eval.limit=7", "data.strip_calculator=true"])
+    cfg = load_config(
+        None,
+        [
+            "data.source=jsonl",
+            f"data.path={gsm8k}",
+            "data.max_train_rows=20",
+            "data.max_val_rows=5",
+            "eval.limit=7",
+            "data.strip_calculator=true",
+        ],
+    )
     info = run_data(cfg, tmp_path)
     assert (info["train"], info["val"], info["test"], info["rows_before_split"]) == (20, 5, 7, 7473)
     train = read_jsonl(tmp_path / "data" / "train.jsonl")
@@ -97,8 +106,16 @@ def test_data_stage_writes_the_splits(tmp_path, gsm8k):
 
 
 def test_gsm_symbolic_stage_warns_about_the_test_leak(tmp_path, gsm8k):
-    cfg = load_config(None, ["data.source=gsm_symbolic", "data.symbolic_size=20", "data.test_source=jsonl",
-                             f"data.test_path={gsm8k}", "eval.limit=3"])
+    cfg = load_config(
+        None,
+        [
+            "data.source=gsm_symbolic",
+            "data.symbolic_size=20",
+            "data.test_source=jsonl",
+            f"data.test_path={gsm8k}",
+            "eval.limit=3",
+        ],
+    )
     info = run_data(cfg, tmp_path)
     assert info["warnings"] == [SYMBOLIC_LEAK]
     assert (info["train"], info["val"]) == (18, 2)

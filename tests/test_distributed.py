@@ -21,20 +21,64 @@ TOLERANCE = 1e-4  # relative, on every logged training loss
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path, gsm8k):
     single, multi = tmp_path / "single", tmp_path / "ddp"
-    res = subprocess.run([sys.executable, "-m", "mathtune.cli", "run", "--config", str(TINY), "--out", str(single),
-                          f"data.path={gsm8k}", "train.batch_size=4", *COMMON], capture_output=True, text=True,
-                         timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mathtune.cli",
+            "run",
+            "--config",
+            str(TINY),
+            "--out",
+            str(single),
+            f"data.path={gsm8k}",
+            "train.batch_size=4",
+            *COMMON,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     # `accelerate launch`, from this interpreter's environment
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(ROOT / "configs" / "accelerate" / "cpu-2proc.yaml")]
-    res = subprocess.run([*launch, "-m", "mathtune.cli", "run", "--config", str(TINY), "--out", str(multi),
-                          f"data.path={gsm8k}", "train.batch_size=2", *COMMON], capture_output=True, text=True,
-                         timeout=900)
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "configs" / "accelerate" / "cpu-2proc.yaml"),
+    ]
+    res = subprocess.run(
+        [
+            *launch,
+            "-m",
+            "mathtune.cli",
+            "run",
+            "--config",
+            str(TINY),
+            "--out",
+            str(multi),
+            f"data.path={gsm8k}",
+            "train.batch_size=2",
+            *COMMON,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-5000:]
 
-    for name in ["config.yaml", "run.json", "train.json", "eval.json", "adapter/adapter_model.safetensors",
-                 "predictions/base.jsonl", "predictions/finetuned.jsonl", "analysis.json", "report.html"]:
+    for name in [
+        "config.yaml",
+        "run.json",
+        "train.json",
+        "eval.json",
+        "adapter/adapter_model.safetensors",
+        "predictions/base.jsonl",
+        "predictions/finetuned.jsonl",
+        "analysis.json",
+        "report.html",
+    ]:
         assert (multi / name).is_file(), name
     assert not list((multi / "predictions").glob("*.partial*"))  # every process's share merged
     preds = read_jsonl(multi / "predictions" / "finetuned.jsonl")

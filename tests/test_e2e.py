@@ -16,8 +16,9 @@ PRED_FIELDS = {"id", "question", "reference", "completion", "extracted", "correc
 
 
 def mathtune(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "mathtune.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mathtune.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +30,20 @@ def run_dir(tmp_path_factory, gsm8k):
 
 
 def test_contract_files(run_dir):
-    for name in ["config.yaml", "metrics.jsonl", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
-                 "predictions/base.jsonl", "predictions/finetuned.jsonl", "report.md", "run.json", "analysis.json",
-                 "data/train.jsonl", "data/val.jsonl", "data/test.jsonl"]:
+    for name in [
+        "config.yaml",
+        "metrics.jsonl",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "predictions/base.jsonl",
+        "predictions/finetuned.jsonl",
+        "report.md",
+        "run.json",
+        "analysis.json",
+        "data/train.jsonl",
+        "data/val.jsonl",
+        "data/test.jsonl",
+    ]:
         assert (run_dir / name).is_file(), name
     assert not list((run_dir / "predictions").glob("*.partial.jsonl"))
 
@@ -137,7 +149,9 @@ def test_eval_resumes_from_answered_questions(run_dir):
 
 
 def test_analysis_and_report_never_import_torch(run_dir):
-    code = ("import sys; from pathlib import Path; from mathtune.report.build import build_report; "
-            f"build_report(Path({str(run_dir)!r})); assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    code = (
+        "import sys; from pathlib import Path; from mathtune.report.build import build_report; "
+        f"build_report(Path({str(run_dir)!r})); assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]

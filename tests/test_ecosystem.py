@@ -1,12 +1,11 @@
 """Fitting the ecosystem: experiment trackers, a merged-model export with a model card, packaging ranges, clean logs."""
 
-import json
 import re
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 import torch
 
 from mathtune.io import read_json
@@ -17,15 +16,24 @@ TINY = ROOT / "configs" / "tiny.yaml"
 
 
 def mathtune(*args):
-    return subprocess.run([sys.executable, "-m", "mathtune.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mathtune.cli", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory, gsm8k):
     run = tmp_path_factory.mktemp("eco") / "run"
-    res = mathtune("run", "--config", TINY, "--out", run, f"data.path={gsm8k}", "eval.limit=3",
-                   "train.report_to=[tensorboard, mlflow]")
+    res = mathtune(
+        "run",
+        "--config",
+        TINY,
+        "--out",
+        run,
+        f"data.path={gsm8k}",
+        "eval.limit=3",
+        "train.report_to=[tensorboard, mlflow]",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return run, res
 
@@ -56,7 +64,8 @@ def test_mlflow_run_holds_the_config_and_the_accuracies(tracked_run, monkeypatch
 def test_a_tracker_that_is_not_installed_is_one_line(tmp_path, gsm8k):
     res = mathtune("run", "--config", TINY, "--out", tmp_path / "r", f"data.path={gsm8k}", "train.report_to=wandb")
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
-        "mathtune: error: train.report_to: wandb is not installed; pip install wandb"]
+        "mathtune: error: train.report_to: wandb is not installed; pip install wandb"
+    ]
 
 
 def test_the_log_is_clean_when_redirected(tracked_run):
@@ -77,8 +86,9 @@ def test_export_merges_the_adapter_and_answers_the_same(tracked_run, tmp_path):
     out = tmp_path / "merged"
     res = mathtune("export", run, "--out", out)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md"} <= \
-        {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md"} <= {
+        p.name for p in out.iterdir()
+    }
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     base = AutoModelForCausalLM.from_pretrained(ensure_local(TINY_MODEL))
     unmerged = PeftModel.from_pretrained(base, str(run / "adapter")).eval()
@@ -97,8 +107,11 @@ def test_export_adapter_only(tracked_run, tmp_path):
     run, _ = tracked_run
     res = mathtune("export", run, "--out", tmp_path / "a", "--adapter-only")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["README.md", "adapter_config.json",
-                                                                  "adapter_model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     assert "library_name: peft" in (tmp_path / "a" / "README.md").read_text()
 
 

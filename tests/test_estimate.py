@@ -60,16 +60,30 @@ def test_gpu_estimate_follows_the_flop_model():
 
 def _estimate(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # no network here: fail over to the proxy tokenizer at once
-    return subprocess.run([sys.executable, "-m", "mathtune.cli", "estimate", *map(str, args)], capture_output=True,
-                          text=True, timeout=600, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "mathtune.cli", "estimate", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 @pytest.mark.slow
 def test_estimate_the_reference_study(tmp_path, gsm8k):
     """Gemma-2-9B on all of GSM8K, 3 epochs, on an H100: the hub's tokenizer is out of reach here, so the tokens
     are counted with the proxy, and the output says so."""
-    res = _estimate("--config", ROOT / "configs" / "gemma2-9b-gsm8k.yaml", "--gpu", "h100", "--json",
-                    tmp_path / "e.json", "data.source=jsonl", f"data.path={gsm8k}")
+    res = _estimate(
+        "--config",
+        ROOT / "configs" / "gemma2-9b-gsm8k.yaml",
+        "--gpu",
+        "h100",
+        "--json",
+        tmp_path / "e.json",
+        "data.source=jsonl",
+        f"data.path={gsm8k}",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["tokens"]["train_rows"] == 6725 and e["tokens"]["test_questions"] == 1319

@@ -23,8 +23,14 @@ def test_training_tokens_are_prompt_then_answer_then_eos(tmp_path, fmt, gsm8k):
     tok = load_tokenizer(cfg.model)
     assert prompt_format(cfg.model, tok) == fmt
     ds = datasets.Dataset.from_list([sft_example(ROW, fmt, cfg.model)])
-    trainer = SFTTrainer(model=load_model(cfg.model, "cpu"), args=sft_args(cfg, tmp_path, "cpu"),
-                         train_dataset=ds, eval_dataset=ds, processing_class=tok, peft_config=lora_config(cfg.lora))
+    trainer = SFTTrainer(
+        model=load_model(cfg.model, "cpu"),
+        args=sft_args(cfg, tmp_path, "cpu"),
+        train_dataset=ds,
+        eval_dataset=ds,
+        processing_class=tok,
+        peft_config=lora_config(cfg.lora),
+    )
     item = trainer.train_dataset[0]
     ids, labels = item["input_ids"], item["labels"]
     prompt = encode_prompt(tok, PROTOCOLS[fmt], ROW["question"], [], cfg.model)

@@ -22,10 +22,49 @@ FUZZ_EXAMPLES = int(os.environ.get("MATHTUNE_FUZZ", "300"))
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
 # Text that looks like what models write: digits, operators, LaTeX, GSM8K markers, Unicode, as well as noise.
-PIECES = st.sampled_from(["####", " ", "\n", "=", "+", "-", "*", "/", "^", "**", "(", ")", "%", "$", ",", ".",
-                          "\\boxed{", "}", "\\frac{", "The answer is", "Answer:", "A:", "<<", ">>", "−", "×",
-                          "÷", "<|im_end|>", "Question:", "e", "E", "1e999", "9" * 40, "0", "3.50", "1/3"])
-MATHY = st.lists(st.one_of(PIECES, st.integers(-10**6, 10**6).map(str), st.text(max_size=5)), max_size=60).map("".join)
+PIECES = st.sampled_from(
+    [
+        "####",
+        " ",
+        "\n",
+        "=",
+        "+",
+        "-",
+        "*",
+        "/",
+        "^",
+        "**",
+        "(",
+        ")",
+        "%",
+        "$",
+        ",",
+        ".",
+        "\\boxed{",
+        "}",
+        "\\frac{",
+        "The answer is",
+        "Answer:",
+        "A:",
+        "<<",
+        ">>",
+        "−",
+        "×",
+        "÷",
+        "<|im_end|>",
+        "Question:",
+        "e",
+        "E",
+        "1e999",
+        "9" * 40,
+        "0",
+        "3.50",
+        "1/3",
+    ]
+)
+MATHY = st.lists(st.one_of(PIECES, st.integers(-(10**6), 10**6).map(str), st.text(max_size=5)), max_size=60).map(
+    "".join
+)
 TEXT = st.one_of(MATHY, st.text(max_size=300))
 
 
@@ -75,15 +114,18 @@ def test_override_parser_raises_only_its_error(text):
         assert "\n" not in str(e)
 
 
-@pytest.mark.parametrize("text", [
-    "1" * 1_000_000,
-    "#### " * 200_000,
-    "\\boxed{" * 140_000,
-    "The answer is " * 70_000,
-    ("1,000" * 200_000),
-    "(" * 500_000 + "1" + ")" * 500_000,
-    "9^" * 500_000 + "9",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1" * 1_000_000,
+        "#### " * 200_000,
+        "\\boxed{" * 140_000,
+        "The answer is " * 70_000,
+        ("1,000" * 200_000),
+        "(" * 500_000 + "1" + ")" * 500_000,
+        "9^" * 500_000 + "9",
+    ],
+)
 def test_one_megabyte_adversarial_strings(text):
     start = time.perf_counter()
     extract_answer(text)

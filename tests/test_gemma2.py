@@ -31,9 +31,22 @@ def test_tiny_gemma2_has_the_reference_architecture():
 @pytest.mark.slow
 def test_tiny_gemma2_runs_every_stage(tmp_path, gsm8k):
     run = tmp_path / "run"
-    res = subprocess.run([sys.executable, "-m", "mathtune.cli", "run", "--config", str(ROOT / "configs" /
-                          "tiny-gemma2.yaml"), "--out", str(run), f"data.path={gsm8k}"], capture_output=True,
-                         text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mathtune.cli",
+            "run",
+            "--config",
+            str(ROOT / "configs" / "tiny-gemma2.yaml"),
+            "--out",
+            str(run),
+            f"data.path={gsm8k}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     train = read_json(run / "train.json")
     assert train["batching"] == "per_sequence" and train["steps"] == 4  # eager attention: not packed

@@ -24,9 +24,27 @@ LABELLED = read_jsonl(ROOT / "tests" / "data" / "graded_completions.jsonl")
 def test_the_labelled_set_covers_every_format():
     assert len(LABELLED) >= 200
     formats = Counter(r["format"] for r in LABELLED)
-    for f in ["hashes", "answer-is", "boxed", "a-colon", "final-answer", "bold", "latex", "separators", "currency",
-              "percent", "units", "period", "decimals", "fractions", "unicode-minus", "end-token", "continuation",
-              "no-number", "real-smollm2"]:
+    for f in [
+        "hashes",
+        "answer-is",
+        "boxed",
+        "a-colon",
+        "final-answer",
+        "bold",
+        "latex",
+        "separators",
+        "currency",
+        "percent",
+        "units",
+        "period",
+        "decimals",
+        "fractions",
+        "unicode-minus",
+        "end-token",
+        "continuation",
+        "no-number",
+        "real-smollm2",
+    ]:
         assert formats[f] > 0, f
     assert formats["real-smollm2"] >= 60
     assert 0 < sum(r["correct"] for r in LABELLED) < len(LABELLED)  # right and wrong answers both
@@ -51,10 +69,16 @@ def test_strict_agrees_with_lm_eval_run_live():
 
     docs = [{}] * len(LABELLED)
     filtered = TakeFirstFilter().apply(
-        RegexFilter(regex_pattern=r"#### (\-?[0-9\.\,]+)").apply([[r["completion"]] for r in LABELLED], docs), docs)
+        RegexFilter(regex_pattern=r"#### (\-?[0-9\.\,]+)").apply([[r["completion"]] for r in LABELLED], docs), docs
+    )
     for row, pred in zip(LABELLED, filtered):
-        em = exact_match_hf_evaluate([pred], [row["reference"]], regexes_to_ignore=[",", "\\$", "(?s).*#### ", "\\.$"],
-                                     ignore_case=True, ignore_punctuation=False)["exact_match"]
+        em = exact_match_hf_evaluate(
+            [pred],
+            [row["reference"]],
+            regexes_to_ignore=[",", "\\$", "(?s).*#### ", "\\.$"],
+            ignore_case=True,
+            ignore_punctuation=False,
+        )["exact_match"]
         assert strict_correct(row["completion"], row["reference"]) == (em == 1.0), row["completion"]
         assert row["lm_eval_strict"] == (em == 1.0)
 
@@ -66,11 +90,16 @@ def test_grade_row_keeps_extra_fields():
 
 def test_grade_command(tmp_path):
     src = tmp_path / "in.jsonl"
-    src.write_text("".join(json.dumps({"id": i, "completion": r["completion"], "reference": r["reference"]}) + "\n"
-                           for i, r in enumerate(LABELLED)))
+    src.write_text(
+        "".join(
+            json.dumps({"id": i, "completion": r["completion"], "reference": r["reference"]}) + "\n"
+            for i, r in enumerate(LABELLED)
+        )
+    )
     dst = tmp_path / "out.jsonl"
-    res = subprocess.run([sys.executable, "-m", "mathtune.cli", "grade", str(src), "--out", str(dst)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "mathtune.cli", "grade", str(src), "--out", str(dst)], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr
     out = read_jsonl(dst)
     assert [r["correct"] for r in out] == [r["correct"] for r in LABELLED]
@@ -82,6 +111,9 @@ def test_grade_command(tmp_path):
 def test_grade_command_rejects_rows_without_fields(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text('{"completion": "#### 5", "reference": "#### 5"}\n{"completion": "x"}\n')
-    res = subprocess.run([sys.executable, "-m", "mathtune.cli", "grade", str(src), "--out", str(tmp_path / "o")],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "mathtune.cli", "grade", str(src), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2 and f"{src}:2" in res.stderr and "reference" in res.stderr

@@ -17,14 +17,24 @@ from mathtune.io import read_jsonl
 from conftest import ROOT
 
 # 32 rows in batches of 4: 8 steps, a checkpoint every 2; 8 test questions answered 2 at a time.
-OVERRIDES = ["data.max_train_rows=32", "train.eval_steps=2", "eval.limit=8", "eval.batch_size=2",
-             "eval.max_new_tokens=16", "runtime.threads=1"]
+OVERRIDES = [
+    "data.max_train_rows=32",
+    "train.eval_steps=2",
+    "eval.limit=8",
+    "eval.batch_size=2",
+    "eval.max_new_tokens=16",
+    "runtime.threads=1",
+]
 
 
 def start(out: Path, gsm8k: Path, resume: bool = False) -> subprocess.Popen:
     args = ["run", "--out", str(out)] + (["--resume"] if resume else ["--config", str(ROOT / "configs" / "tiny.yaml")])
-    return subprocess.Popen([sys.executable, "-m", "mathtune.cli", *args, f"data.path={gsm8k}", *OVERRIDES],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mathtune.cli", *args, f"data.path={gsm8k}", *OVERRIDES],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(proc: subprocess.Popen) -> None:
@@ -49,8 +59,7 @@ def runs(tmp_path_factory, gsm8k):
     finish(start(clean, gsm8k))
 
     proc = start(killed, gsm8k)
-    kill_when(proc, lambda: (killed / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file(),
-              "checkpoint-4")
+    kill_when(proc, lambda: (killed / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file(), "checkpoint-4")
     assert not (killed / "adapter").exists()  # killed mid-training, not after
     proc = start(killed, gsm8k, resume=True)
     partial = killed / "predictions" / "base.partial.jsonl"
@@ -75,7 +84,10 @@ def test_adapter_matches_the_uninterrupted_run(runs):
 def test_predictions_match(runs):
     clean, killed = runs
     for name in ("base", "finetuned"):
-        pa, pb = read_jsonl(clean / "predictions" / f"{name}.jsonl"), read_jsonl(killed / "predictions" / f"{name}.jsonl")
+        pa, pb = (
+            read_jsonl(clean / "predictions" / f"{name}.jsonl"),
+            read_jsonl(killed / "predictions" / f"{name}.jsonl"),
+        )
         assert [(r["id"], r["completion"]) for r in pa] == [(r["id"], r["completion"]) for r in pb]
     assert not list((killed / "predictions").glob("*.partial.jsonl"))
 
@@ -107,8 +119,21 @@ def test_a_checkpoint_cut_by_a_crash_is_skipped(tmp_path):
 def test_eval_resume_answers_only_what_is_missing(tmp_path, gsm8k):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "mathtune.cli"]
-    res = subprocess.run(cmd + ["run", "--config", str(ROOT / "configs" / "tiny.yaml"), "--out", str(run),
-                                f"data.path={gsm8k}", "train.max_steps=1"], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        cmd
+        + [
+            "run",
+            "--config",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--out",
+            str(run),
+            f"data.path={gsm8k}",
+            "train.max_steps=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     final = run / "predictions" / "finetuned.jsonl"
     rows = read_jsonl(final)

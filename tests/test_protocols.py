@@ -59,15 +59,33 @@ def test_unknown_protocol():
 
 
 def run_eval(*args):
-    return subprocess.run([sys.executable, "-m", "mathtune.cli", "eval", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mathtune.cli", "eval", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.parametrize("protocol, extra", [("few-shot", []), ("few-shot-cot", []), ("chat", ["eval.dtype=bfloat16"])])
 def test_standalone_eval(tmp_path, gsm8k, protocol, extra):
     out = tmp_path / "preds.jsonl"
-    res = run_eval("--model", "tiny-random-llama", "--protocol", protocol, "--limit", 3, "--data", gsm8k,
-                   "--out", out, "eval.max_new_tokens=4", "model.dtype=float32", *extra)
+    res = run_eval(
+        "--model",
+        "tiny-random-llama",
+        "--protocol",
+        protocol,
+        "--limit",
+        3,
+        "--data",
+        gsm8k,
+        "--out",
+        out,
+        "eval.max_new_tokens=4",
+        "model.dtype=float32",
+        *extra,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     rows = read_jsonl(out)
     assert [r["id"] for r in rows] == ["test-0", "test-1", "test-2"]
@@ -78,11 +96,14 @@ def test_standalone_eval(tmp_path, gsm8k, protocol, extra):
     assert f"protocol {protocol}" in res.stdout
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--limit", "-1"], ["eval.limit"]),
-    (["--protocol", "magic"], ["eval.protocol"]),
-    (["--adapter", "/nonexistent-adapter"], ["nonexistent-adapter"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--limit", "-1"], ["eval.limit"]),
+        (["--protocol", "magic"], ["eval.protocol"]),
+        (["--adapter", "/nonexistent-adapter"], ["nonexistent-adapter"]),
+    ],
+)
 def test_standalone_eval_bad_input(tmp_path, gsm8k, args, words):
     res = run_eval("--model", "tiny-random-llama", "--data", gsm8k, "--out", tmp_path / "p.jsonl", "--limit", 2, *args)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
@@ -94,8 +115,21 @@ def test_maj_at_k_and_pass_at_k(tmp_path, gsm8k):
     from mathtune.evaluate.stats import majority
 
     def run(out):
-        res = run_eval("--model", "tiny-random-llama", "--protocol", "chat", "--limit", 3, "--data", gsm8k,
-                       "--out", out, "eval.max_new_tokens=6", "eval.samples=3", "eval.temperature=1.0")
+        res = run_eval(
+            "--model",
+            "tiny-random-llama",
+            "--protocol",
+            "chat",
+            "--limit",
+            3,
+            "--data",
+            gsm8k,
+            "--out",
+            out,
+            "eval.max_new_tokens=6",
+            "eval.samples=3",
+            "eval.temperature=1.0",
+        )
         assert res.returncode == 0, res.stderr[-2000:]
         return read_jsonl(out.with_name("p.samples.jsonl")), json.loads(out.with_suffix(".summary.json").read_text())
 

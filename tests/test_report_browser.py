@@ -19,14 +19,27 @@ def _report(tmp_path: Path, gsm8k: Path) -> Path:
     rows = [json.loads(line) for line in (gsm8k / "test.jsonl").open()][:30]
     preds = {}
     for name, right in (("base", range(0, 30, 3)), ("finetuned", range(0, 30, 2))):
-        preds[name] = [{"id": f"test-{i}", "question": r["question"], "reference": r["answer"],
-                        "completion": (f"#### {r['answer'].split('####')[-1].strip()}" if i in right else
-                                       "So 12 * 4 = 46 <script>console.error('injected')</script>\n#### 46")}
-                       for i, r in enumerate(rows)]
-    metrics = [{"step": s, "epoch": s / 32, "val_loss": 1.3 - 0.01 * s, "val_mean_token_accuracy": 0.7}
-               for s in range(0, 33, 8)]
-    metrics += [{"step": s, "epoch": s / 32, "train_loss": 1.4 - 0.01 * s, "mean_token_accuracy": 0.67 + s / 500}
-                for s in range(5, 33, 5)]
+        preds[name] = [
+            {
+                "id": f"test-{i}",
+                "question": r["question"],
+                "reference": r["answer"],
+                "completion": (
+                    f"#### {r['answer'].split('####')[-1].strip()}"
+                    if i in right
+                    else "So 12 * 4 = 46 <script>console.error('injected')</script>\n#### 46"
+                ),
+            }
+            for i, r in enumerate(rows)
+        ]
+    metrics = [
+        {"step": s, "epoch": s / 32, "val_loss": 1.3 - 0.01 * s, "val_mean_token_accuracy": 0.7}
+        for s in range(0, 33, 8)
+    ]
+    metrics += [
+        {"step": s, "epoch": s / 32, "train_loss": 1.4 - 0.01 * s, "mean_token_accuracy": 0.67 + s / 500}
+        for s in range(5, 33, 5)
+    ]
     metrics.sort(key=lambda m: m["step"])
     run_info = {"environment": {"cores": 2}, "stages": {"train": {"seconds": 500.0}, "eval": {"seconds": 300.0}}}
     write_report(analyze(preds, metrics, {"steps": 32, "best_step": 32}, run_info), tmp_path)

@@ -14,10 +14,32 @@ from conftest import ROOT
 @pytest.mark.slow
 def test_smollm2_run(tmp_path, gsm8k):
     out = tmp_path / "run"
-    overrides = [f"data.path={gsm8k}", "data.max_train_rows=8", "data.max_val_rows=4", "eval.limit=4",
-                 "train.batch_size=4", "train.eval_steps=1", "train.logging_steps=1", "eval.max_new_tokens=48"]
-    res = subprocess.run([sys.executable, "-m", "mathtune.cli", "run", "--config", str(ROOT / "configs" / "demo-cpu.yaml"),
-                          "--out", str(out), *overrides], capture_output=True, text=True, timeout=900)
+    overrides = [
+        f"data.path={gsm8k}",
+        "data.max_train_rows=8",
+        "data.max_val_rows=4",
+        "eval.limit=4",
+        "train.batch_size=4",
+        "train.eval_steps=1",
+        "train.logging_steps=1",
+        "eval.max_new_tokens=48",
+    ]
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mathtune.cli",
+            "run",
+            "--config",
+            str(ROOT / "configs" / "demo-cpu.yaml"),
+            "--out",
+            str(out),
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = read_jsonl(out / "metrics.jsonl")
     val = [m["val_loss"] for m in metrics if "val_loss" in m]

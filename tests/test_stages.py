@@ -18,8 +18,14 @@ TINY = ROOT / "configs" / "tiny.yaml"
 
 
 def mathtune(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "mathtune.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "mathtune.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +95,18 @@ def test_reevaluate_then_resume_rereports_and_the_time_is_replaced(finished_run)
     assert _skipped(res.stdout) == {"data", "train", "eval"} and (run / "report.html").is_file()
 
 
-@pytest.mark.parametrize("args, says", [
-    (["eval", "{run}", "--limit", "2"], "eval.limit: read by the data stage"),
-    (["eval", "{run}", "lora.r=16"], "lora.r: read by the train stage"),
-    (["report", "{run}", "eval.max_new_tokens=4"], "eval.max_new_tokens: read by the eval stage"),
-    (["train", "{run}", "data.max_train_rows=4"], "data.max_train_rows: read by the data stage"),
-    (["eval", "{run}", "--adapter", "x"], "--adapter: only with --model"),
-    (["eval", "{run}", "--out", "x.jsonl"], "--out: only with --model"),
-    (["eval", "{run}", "eval.kv_cache=static"], "eval.kv_cache was renamed: use eval.decoder"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["eval", "{run}", "--limit", "2"], "eval.limit: read by the data stage"),
+        (["eval", "{run}", "lora.r=16"], "lora.r: read by the train stage"),
+        (["report", "{run}", "eval.max_new_tokens=4"], "eval.max_new_tokens: read by the eval stage"),
+        (["train", "{run}", "data.max_train_rows=4"], "data.max_train_rows: read by the data stage"),
+        (["eval", "{run}", "--adapter", "x"], "--adapter: only with --model"),
+        (["eval", "{run}", "--out", "x.jsonl"], "--out: only with --model"),
+        (["eval", "{run}", "eval.kv_cache=static"], "eval.kv_cache was renamed: use eval.decoder"),
+    ],
+)
 def test_overrides_that_cannot_apply_are_refused(finished_run, args, says):
     run = finished_run
     config_before = (run / "config.yaml").read_text()
@@ -116,9 +125,14 @@ def test_report_runs_without_torch(finished_run, tmp_path):
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'torch' or name.startswith('torch.'):\n"
         "            raise ImportError('torch is blocked in this test')\n"
-        "sys.meta_path.insert(0, Block())\n")
-    env = {"PYTHONPATH": f"{block}:{ROOT / 'src'}", "PATH": "/usr/bin:/bin", "MATHTUNE_ALLOCATOR": "system",
-           "HOME": str(tmp_path)}
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    env = {
+        "PYTHONPATH": f"{block}:{ROOT / 'src'}",
+        "PATH": "/usr/bin:/bin",
+        "MATHTUNE_ALLOCATOR": "system",
+        "HOME": str(tmp_path),
+    }
     res = subprocess.run([sys.executable, "-c", "import sys, torch"], capture_output=True, text=True, env=env)
     assert res.returncode != 0  # the block works
     (finished_run / "report.html").unlink(missing_ok=True)
@@ -151,8 +165,9 @@ def test_eval_takes_its_format_and_examples_from_the_run(tmp_path, gsm8k):
     src.rmdir()
     res = mathtune("eval", run)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert [r["fewshot_ids"] for r in read_jsonl(run / "predictions" / "finetuned.jsonl")] == \
-        [r["fewshot_ids"] for r in rows]
+    assert [r["fewshot_ids"] for r in read_jsonl(run / "predictions" / "finetuned.jsonl")] == [
+        r["fewshot_ids"] for r in rows
+    ]
 
 
 def test_metrics_elapsed_continues_after_a_resume(tmp_path):
@@ -172,14 +187,17 @@ def test_cost_is_priced_on_what_the_run_used():
 
     cfg = {"cost": {"prices": {"H100": 3.0}}}
     env = {"gpu": "NVIDIA H100 80GB HBM3", "gpu_count": 8}
-    one_process = cost_summary({"device": "cuda", "processes": 1, "environment": env,
-                                "stages": {"train": {"seconds": 3600}}}, cfg)
+    one_process = cost_summary(
+        {"device": "cuda", "processes": 1, "environment": env, "stages": {"train": {"seconds": 3600}}}, cfg
+    )
     assert one_process["gpus"] == 1 and one_process["dollars"] == pytest.approx(3.0)
-    on_cpu = cost_summary({"device": "cpu", "processes": 1, "environment": env,
-                           "stages": {"train": {"seconds": 3600}}}, cfg)
+    on_cpu = cost_summary(
+        {"device": "cpu", "processes": 1, "environment": env, "stages": {"train": {"seconds": 3600}}}, cfg
+    )
     assert on_cpu["gpus"] == 0 and on_cpu["dollars"] == 0
-    four = cost_summary({"device": "cuda", "processes": 4, "environment": env, "stages": {"train": {"seconds": 3600}}},
-                        cfg)
+    four = cost_summary(
+        {"device": "cuda", "processes": 4, "environment": env, "stages": {"train": {"seconds": 3600}}}, cfg
+    )
     assert four["gpus"] == 4 and four["dollars"] == pytest.approx(12.0)
 
 
@@ -193,12 +211,15 @@ def test_grade_into_a_path_under_a_file_is_one_line(tmp_path):
     assert "is a file, not a folder" in res.stderr and blocker.read_text() == "keep me"
 
 
-@pytest.mark.parametrize("args, says", [
-    (["run", "--config", "c.yaml", "--out", "runs/x"], "mathtune run --resume --out runs/x"),
-    (["train", "runs/x"], "mathtune train runs/x --resume"),
-    (["eval", "runs/x", "--protocol", "plain"], "mathtune eval runs/x --resume"),
-    (["eval", "--model", "m", "--out", "f.jsonl"], "run the same command again"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["run", "--config", "c.yaml", "--out", "runs/x"], "mathtune run --resume --out runs/x"),
+        (["train", "runs/x"], "mathtune train runs/x --resume"),
+        (["eval", "runs/x", "--protocol", "plain"], "mathtune eval runs/x --resume"),
+        (["eval", "--model", "m", "--out", "f.jsonl"], "run the same command again"),
+    ],
+)
 def test_interrupted_says_how_to_resume_that_command(args, says):
     from mathtune.cli import _how_to_resume
 
@@ -208,10 +229,11 @@ def test_interrupted_says_how_to_resume_that_command(args, says):
 def test_sampling_seeds_come_from_question_ids():
     """A question draws the same samples whatever its position (a resumed evaluation answers a suffix only)."""
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mathtune.evaluate.decoder import Decoding, decode
-    from mathtune.models import TINY as TINY_MODEL, ensure_local
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from mathtune.models import TINY as TINY_MODEL
+    from mathtune.models import ensure_local
 
     model = AutoModelForCausalLM.from_pretrained(ensure_local(TINY_MODEL)).eval()
     tok = AutoTokenizer.from_pretrained(ensure_local(TINY_MODEL))

@@ -87,8 +87,13 @@ def test_packed_rows_see_only_themselves():
 
     def packed(rs):
         with torch.no_grad():
-            return model(input_ids=torch.tensor([sum(rs, [])]), position_ids=pos, cu_seq_lens_q=cu,
-                         cu_seq_lens_k=cu, use_cache=False).logits[0]
+            return model(
+                input_ids=torch.tensor([sum(rs, [])]),
+                position_ids=pos,
+                cu_seq_lens_q=cu,
+                cu_seq_lens_k=cu,
+                use_cache=False,
+            ).logits[0]
 
     out = packed(rows)
     for r, (a, b) in zip(alone, [(0, 12), (12, 21), (21, 41)]):

@@ -12,9 +12,8 @@ import types
 import pytest
 
 from mathtune.config import load_config
-from mathtune.evaluate.protocols import PROTOCOLS, encode_prompt
 from mathtune.data.sources import from_jsonl
-from mathtune.evaluate.protocols import pick_shots
+from mathtune.evaluate.protocols import PROTOCOLS, encode_prompt, pick_shots
 from mathtune.evaluate.stage import eval_standalone
 from mathtune.io import read_jsonl
 from mathtune.models import load_tokenizer
@@ -41,10 +40,19 @@ def fake_vllm(monkeypatch):
         def generate(self, prompts, params, lora_request=None):
             calls.update(prompts=prompts, params=[p.kw for p in params], lora=lora_request)
             done = types.SimpleNamespace
-            return [done(outputs=[done(text=f"So 2 + 2 = 4.\n#### {i}", token_ids=[1] * (5 + i),
-                                       finish_reason="length" if i == 0 else "stop")
-                                  for _ in range(p.kw["n"])])
-                    for i, p in enumerate(params)]
+            return [
+                done(
+                    outputs=[
+                        done(
+                            text=f"So 2 + 2 = 4.\n#### {i}",
+                            token_ids=[1] * (5 + i),
+                            finish_reason="length" if i == 0 else "stop",
+                        )
+                        for _ in range(p.kw["n"])
+                    ]
+                )
+                for i, p in enumerate(params)
+            ]
 
     vllm = types.ModuleType("vllm")
     vllm.LLM, vllm.SamplingParams = LLM, SamplingParams
@@ -57,8 +65,10 @@ def fake_vllm(monkeypatch):
 
 
 def test_vllm_backend_same_prompts_same_grader(fake_vllm, tmp_path, gsm8k):
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"data.path={gsm8k}", "eval.decoder=vllm", "eval.limit=3",
-                                                      "eval.protocol=few-shot", "eval.max_new_tokens=32"])
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [f"data.path={gsm8k}", "eval.decoder=vllm", "eval.limit=3", "eval.protocol=few-shot", "eval.max_new_tokens=32"],
+    )
     out = tmp_path / "p.jsonl"
     eval_standalone(cfg, None, "test", out)
     rows = read_jsonl(out)
@@ -75,8 +85,9 @@ def test_vllm_backend_same_prompts_same_grader(fake_vllm, tmp_path, gsm8k):
     protocol = PROTOCOLS["few-shot"]
     shots = pick_shots(protocol, from_jsonl(gsm8k, "train"))  # standalone: the source's train split, as lm-eval
     test = [json.loads(line) for line in (gsm8k / "test.jsonl").open()][:3]
-    assert fake_vllm["prompts"] == [{"prompt_token_ids": encode_prompt(tok, protocol, r["question"], shots, cfg.model)}
-                                    for r in test]
+    assert fake_vllm["prompts"] == [
+        {"prompt_token_ids": encode_prompt(tok, protocol, r["question"], shots, cfg.model)} for r in test
+    ]
     assert all(len(r["prompt_sha256"]) == 64 and len(r["fewshot_ids"]) == 5 for r in rows)
 
 
@@ -94,8 +105,10 @@ def test_vllm_backend_passes_the_adapter_and_samples(fake_vllm, tmp_path):
     got = list(decode("vllm", served, None, [[1, 2, 3], [4, 5]], ["q-1", "q-2"], d, 8))
     assert fake_vllm["prompts"] == [{"prompt_token_ids": [1, 2, 3]}, {"prompt_token_ids": [4, 5]}]
     # one set of parameters per question, seeded from its id: a resumed evaluation draws the same samples
-    assert fake_vllm["params"] == [{"n": 4, "max_tokens": 64, "stop": ["Question:"], "temperature": 0.7,
-                                    "top_p": 0.95, "seed": sample_seed(3, q)} for q in ("q-1", "q-2")]
+    assert fake_vllm["params"] == [
+        {"n": 4, "max_tokens": 64, "stop": ["Question:"], "temperature": 0.7, "top_p": 0.95, "seed": sample_seed(3, q)}
+        for q in ("q-1", "q-2")
+    ]
     assert fake_vllm["lora"].path == str(adapter)
     assert [len(samples) for _, samples in got] == [4, 4]
 

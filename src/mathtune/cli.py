@@ -87,8 +87,9 @@ MODEL_ONLY = ("adapter", "split", "data", "config_path", "out")
 @click.option("--calculator", is_flag=True, help="With --model: the GSM8K paper's calculator in the decoding loop.")
 @click.option("--resume", is_flag=True, help="With RUN_DIR: answer only the questions not answered yet.")
 @click.argument("overrides", nargs=-1)
-def eval_(run_dir, model, adapter, protocol, limit, split, data, config_path, out, decoder, calculator, resume,
-          overrides) -> None:
+def eval_(
+    run_dir, model, adapter, protocol, limit, split, data, config_path, out, decoder, calculator, resume, overrides
+) -> None:
     """Re-evaluate RUN_DIR, or evaluate any --model on its own (like lm-eval) into --out."""
     if run_dir and "=" in run_dir:  # `eval --model M ... key=value`: the first override lands in RUN_DIR
         run_dir, overrides = None, (run_dir, *overrides)
@@ -103,8 +104,10 @@ def eval_(run_dir, model, adapter, protocol, limit, split, data, config_path, ou
         for name in MODEL_ONLY:
             if given[name]:
                 flag = "--config" if name == "config_path" else f"--{name}"
-                raise MathtuneError(f"{flag}: only with --model; `mathtune eval RUN_DIR` evaluates the run's own "
-                                    f"model, adapter and test rows")
+                raise MathtuneError(
+                    f"{flag}: only with --model; `mathtune eval RUN_DIR` evaluates the run's own "
+                    f"model, adapter and test rows"
+                )
         _redo("eval", run_dir, [*extra, *overrides], resume)
         return
     if run_dir is not None:
@@ -122,8 +125,10 @@ def eval_(run_dir, model, adapter, protocol, limit, split, data, config_path, ou
     _threads(cfg)
     s = eval_standalone(cfg, Path(adapter) if adapter else None, split, Path(out))
     calls = f", {s['calculator_calls']} calculator calls" if "calculator_calls" in s else ""
-    click.echo(f"{cfg.model.name}: {s['correct']}/{s['n']} correct ({100 * s['accuracy']:.1f}%), "
-               f"strict {s['strict_correct']}/{s['n']}, protocol {s['protocol']}{calls}; wrote {out}")
+    click.echo(
+        f"{cfg.model.name}: {s['correct']}/{s['n']} correct ({100 * s['accuracy']:.1f}%), "
+        f"strict {s['strict_correct']}/{s['n']}, protocol {s['protocol']}{calls}; wrote {out}"
+    )
 
 
 @cli.command()
@@ -144,12 +149,16 @@ def _out_dir(out: str) -> Path:
 
 def _headline(analysis: dict, out: Path) -> None:
     for m in analysis["models"]:
-        click.echo(f"{m['name']}: {m['correct']}/{m['n']} = {100 * m['accuracy']:.1f}% "
-                   f"(95% CI {100 * m['ci95'][0]:.1f}-{100 * m['ci95'][1]:.1f})")
+        click.echo(
+            f"{m['name']}: {m['correct']}/{m['n']} = {100 * m['accuracy']:.1f}% "
+            f"(95% CI {100 * m['ci95'][0]:.1f}-{100 * m['ci95'][1]:.1f})"
+        )
     c = analysis.get("comparison")
     if c:
-        click.echo(f"{c['b']} - {c['a']}: {100 * c['diff']:+.1f} points on {c['n']} paired questions, "
-                   f"McNemar p = {c['mcnemar_p']:.3g}")
+        click.echo(
+            f"{c['b']} - {c['a']}: {100 * c['diff']:+.1f} points on {c['n']} paired questions, "
+            f"McNemar p = {c['mcnemar_p']:.3g}"
+        )
     click.echo(f"mathtune: wrote {out / 'report.html'}, report.md and analysis.json")
 
 
@@ -157,8 +166,11 @@ def _headline(analysis: dict, out: Path) -> None:
 @click.argument("predictions", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--names", help="Comma-separated model names, one per file (default: the file names).")
 @click.option("--metrics", type=click.Path(dir_okay=False), help="Training metrics.jsonl (reads train.json beside it).")
-@click.option("--run-info", type=click.Path(dir_okay=False),
-              help="run.json of the run (reads config.yaml and data/info.json beside it).")
+@click.option(
+    "--run-info",
+    type=click.Path(dir_okay=False),
+    help="run.json of the run (reads config.yaml and data/info.json beside it).",
+)
 @click.option("--out", required=True, type=click.Path(), help="Folder for analysis.json, report.md, report.html.")
 def analyze(predictions, names, metrics, run_info, out) -> None:
     """Analyse predictions files (any tool's: id, question, reference, completion per row), the last against the first."""
@@ -191,8 +203,11 @@ def compare(run_a, run_b, out) -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML config.")
 @click.option("--gpu", help="Cost it on this GPU (h100, h200, a100) or cpu; default: this machine's device.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the estimate as JSON here.")
-@click.option("--mfu", type=click.FloatRange(0, 1, min_open=True),
-              help="A measured model-FLOPs utilisation for training on the GPU (bench/train_throughput_gpu.py's).")
+@click.option(
+    "--mfu",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="A measured model-FLOPs utilisation for training on the GPU (bench/train_throughput_gpu.py's).",
+)
 @click.argument("overrides", nargs=-1)
 def estimate(config_path, gpu, json_out, mfu, overrides) -> None:
     """Predicted hours and dollars of a run, from its data's tokens and the benchmarks' throughput."""
@@ -242,8 +257,10 @@ def grade(src, dst) -> None:
 
     s = grade_file(Path(src), Path(dst))
     n = max(s["n"], 1)
-    click.echo(f"{s['n']} rows: accuracy {s['correct']}/{s['n']} = {100 * s['correct'] / n:.1f}%; "
-               f"strict (lm-eval strict-match) {s['strict_correct']}/{s['n']} = {100 * s['strict_correct'] / n:.1f}%")
+    click.echo(
+        f"{s['n']} rows: accuracy {s['correct']}/{s['n']} = {100 * s['correct'] / n:.1f}%; "
+        f"strict (lm-eval strict-match) {s['strict_correct']}/{s['n']} = {100 * s['strict_correct'] / n:.1f}%"
+    )
 
 
 def _quiet_libraries() -> None:

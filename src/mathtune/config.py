@@ -112,7 +112,9 @@ class TrainConfig(_Strict):
     seed: int = 42
     # Experiment trackers the Trainer reports to (train/trackers.py): tensorboard (RUN_DIR/tensorboard), mlflow
     # (RUN_DIR/mlruns, unless MLFLOW_TRACKING_URI is set), wandb, trackio.
-    report_to: list[Literal["none", "tensorboard", "mlflow", "wandb", "trackio"]] = Field(default_factory=lambda: ["none"])
+    report_to: list[Literal["none", "tensorboard", "mlflow", "wandb", "trackio"]] = Field(
+        default_factory=lambda: ["none"]
+    )
 
     @field_validator("report_to", mode="before")
     @classmethod

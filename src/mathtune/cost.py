@@ -10,8 +10,13 @@ def hourly_price(cost: dict, gpu: str | None, gpu_count: int | None = None) -> d
     key is in the GPU's name (the longest, case-insensitive); a CPU run costs $0 of GPU.
     """
     n = gpu_count or 1
-    out = {"device": gpu or "CPU", "gpus": n if gpu else 0, "source": cost.get("price_source", ""),
-           "date": cost.get("price_date", ""), "matched": None}
+    out = {
+        "device": gpu or "CPU",
+        "gpus": n if gpu else 0,
+        "source": cost.get("price_source", ""),
+        "date": cost.get("price_date", ""),
+        "matched": None,
+    }
     if cost.get("price_per_hour") is not None:
         per_gpu = float(cost["price_per_hour"])
         out.update(matched="cost.price_per_hour", source="set in the config", date="")

@@ -72,9 +72,13 @@ def count_tokens(cfg, rows: dict[str, list[dict]], tokenizer) -> dict:
         return min(n(ex["prompt"] + ex["completion"]) + (fmt == "plain"), cfg.train.max_length)
 
     answer_tokens = [min(n(r["answer"]) + 1, cfg.eval.max_new_tokens) for r in rows["test"]]
-    return {"train_rows": len(rows["train"]), "train": sum(map(trained, rows["train"])),
-            "val": sum(map(trained, rows["val"])),
-            "test_generated": sum(answer_tokens), "test_questions": len(rows["test"])}
+    return {
+        "train_rows": len(rows["train"]),
+        "train": sum(map(trained, rows["train"])),
+        "val": sum(map(trained, rows["val"])),
+        "test_generated": sum(answer_tokens),
+        "test_questions": len(rows["test"]),
+    }
 
 
 def _steps_per_epoch(cfg, n_train: int) -> int:
@@ -94,9 +98,12 @@ def throughput(device: str, params: int, mfu: float | None = None) -> dict:
     if device == "cpu":
         t = THROUGHPUT["cpu"]
         scale = t["params"] / params
-        return {"train": t["train_tokens_per_s"] * scale, "eval": t["eval_tokens_per_s"] * scale,
-                "basis": f"measured on SmolLM2-135M ({t['train_source']}; {t['eval_source']}), scaled by "
-                         f"{t['params'] / 1e6:.0f}M / {params / 1e6:.0f}M parameters"}
+        return {
+            "train": t["train_tokens_per_s"] * scale,
+            "eval": t["eval_tokens_per_s"] * scale,
+            "basis": f"measured on SmolLM2-135M ({t['train_source']}; {t['eval_source']}), scaled by "
+            f"{t['params'] / 1e6:.0f}M / {params / 1e6:.0f}M parameters",
+        }
     key = next((k for k in GPUS if k.lower() in device.lower()), None)
     if key is None:
         raise ValueError(f"no figures for GPU {device!r}; known: {', '.join(GPUS)}")
@@ -104,10 +111,13 @@ def throughput(device: str, params: int, mfu: float | None = None) -> dict:
     share, how = (mfu, "a measured") if mfu else (ASSUMED_MFU, "an assumed")
     train = g["peak_flops"] * share / (4 * params)
     # One decode step reads 2N bytes (bf16) and yields one token per sequence in the batch.
-    return {"train": train, "eval_step_seconds": 2 * params / (g["bandwidth"] * ASSUMED_DECODE_EFFICIENCY),
-            "basis": f"{key}: {g['peak_flops'] / 1e12:.0f} TFLOP/s dense bf16 at {how} {share:.0%} MFU "
-                     f"for training (4N FLOPs per token); decoding at an assumed {ASSUMED_DECODE_EFFICIENCY:.0%} of "
-                     f"{g['bandwidth'] / 1e12:.2f} TB/s (2N bytes per step)"}
+    return {
+        "train": train,
+        "eval_step_seconds": 2 * params / (g["bandwidth"] * ASSUMED_DECODE_EFFICIENCY),
+        "basis": f"{key}: {g['peak_flops'] / 1e12:.0f} TFLOP/s dense bf16 at {how} {share:.0%} MFU "
+        f"for training (4N FLOPs per token); decoding at an assumed {ASSUMED_DECODE_EFFICIENCY:.0%} of "
+        f"{g['bandwidth'] / 1e12:.2f} TB/s (2N bytes per step)",
+    }
 
 
 def estimate(cfg, tokens: dict, params: int, device: str, mfu: float | None = None) -> dict:
@@ -124,10 +134,19 @@ def estimate(cfg, tokens: dict, params: int, device: str, mfu: float | None = No
         eval_s = models * batches * cfg.eval.max_new_tokens * tp["eval_step_seconds"]
     price = hourly_price(cfg.cost.model_dump(), None if device == "cpu" else device)
     hours = (train_s + eval_s) / 3600
-    return {"device": device, "params": params, "tokens": tokens, "steps": steps, "validation_passes": evals,
-            "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
-            "gpu_hours": 0.0 if device == "cpu" else round(hours, 4), "price_per_hour": price["price_per_hour"],
-            "dollars": round(hours * price["price_per_hour"], 2), "basis": tp["basis"]}
+    return {
+        "device": device,
+        "params": params,
+        "tokens": tokens,
+        "steps": steps,
+        "validation_passes": evals,
+        "train_seconds": round(train_s, 1),
+        "eval_seconds": round(eval_s, 1),
+        "gpu_hours": 0.0 if device == "cpu" else round(hours, 4),
+        "price_per_hour": price["price_per_hour"],
+        "dollars": round(hours * price["price_per_hour"], 2),
+        "basis": tp["basis"],
+    }
 
 
 def tokenizer_or_proxy(model_cfg):
@@ -159,7 +178,8 @@ def format_estimate(e: dict) -> str:
         f"training: {e['steps']} steps, {e['validation_passes']} validation passes: {e['train_seconds'] / 3600:.2f} h",
         f"evaluation: {e['eval_seconds'] / 3600:.2f} h",
         f"cost: {e['gpu_hours']:.2f} GPU-hours x ${e['price_per_hour']:.2f}/h = ${e['dollars']:.2f}"
-        if e["device"] != "cpu" else "cost: $0 of GPU (a CPU run)",
+        if e["device"] != "cpu"
+        else "cost: $0 of GPU (a CPU run)",
         f"basis: {e['basis']}",
     ]
     return "\n".join(lines)

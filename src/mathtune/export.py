@@ -21,13 +21,22 @@ def _pct(x: float) -> str:
 def model_card(cfg, analysis: dict, train_info: dict, merged: bool) -> str:
     """README.md for the exported folder (YAML front matter as the hub reads it, then the evidence)."""
     m, lora, e = cfg.model, cfg.lora, cfg.eval
-    rows = "\n".join(f"| {x['name']} | {x['correct']}/{x['n']} | {_pct(x['accuracy'])} | "
-                     f"{_pct(x['ci95'][0])} to {_pct(x['ci95'][1])} |" for x in analysis.get("models", []))
+    rows = "\n".join(
+        f"| {x['name']} | {x['correct']}/{x['n']} | {_pct(x['accuracy'])} | "
+        f"{_pct(x['ci95'][0])} to {_pct(x['ci95'][1])} |"
+        for x in analysis.get("models", [])
+    )
     c = analysis.get("comparison")
-    paired = (f"Paired on {c['n']} questions: {c['b']} minus {c['a']} = {100 * c['diff']:+.1f} points (95% CI "
-              f"{100 * c['diff_ci95'][0]:+.1f} to {100 * c['diff_ci95'][1]:+.1f}); {c['only_b']} questions fixed, "
-              f"{c['only_a']} broken; exact McNemar p = {c['mcnemar_p']:.3g}"
-              f"{' (significant at 5%)' if c['mcnemar_p'] < 0.05 else ' (not significant at 5%)'}.") if c else ""
+    paired = (
+        (
+            f"Paired on {c['n']} questions: {c['b']} minus {c['a']} = {100 * c['diff']:+.1f} points (95% CI "
+            f"{100 * c['diff_ci95'][0]:+.1f} to {100 * c['diff_ci95'][1]:+.1f}); {c['only_b']} questions fixed, "
+            f"{c['only_a']} broken; exact McNemar p = {c['mcnemar_p']:.3g}"
+            f"{' (significant at 5%)' if c['mcnemar_p'] < 0.05 else ' (not significant at 5%)'}."
+        )
+        if c
+        else ""
+    )
     t = analysis.get("training") or {}
     verdict = f"Learning curve: {t['curve_verdict'].replace('_', ' ')}. {t.get('recommendation', '')}" if t else ""
     data = analysis.get("reproducibility", {}).get("data", {})
@@ -82,8 +91,9 @@ def export_run(run_dir: Path, out: Path, adapter_only: bool = False) -> Path:
     if not (adapter / "adapter_config.json").is_file():
         raise MathtuneError(f"{run_dir}: no adapter; run `mathtune train {run_dir}` first")
     if not (run_dir / "analysis.json").is_file():
-        raise MathtuneError(f"{run_dir}: no analysis.json (the model card is made from it); run `mathtune report "
-                            f"{run_dir}` first")
+        raise MathtuneError(
+            f"{run_dir}: no analysis.json (the model card is made from it); run `mathtune report {run_dir}` first"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MathtuneError(f"{out}: exists and is not an empty folder")
     card = model_card(cfg, read_json(run_dir / "analysis.json"), read_json(run_dir / "train.json"), not adapter_only)

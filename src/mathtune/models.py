@@ -100,11 +100,24 @@ def build_tiny_gemma2(out: Path) -> Path:
     def fill(tmp: Path) -> None:
         tok = AutoTokenizer.from_pretrained(tok_folder)
         config = Gemma2Config(
-            vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=32,
-            layer_types=["sliding_attention", "full_attention"], attn_logit_softcapping=50.0,
-            final_logit_softcapping=30.0, max_position_embeddings=2048, tie_word_embeddings=True,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=32,
+            layer_types=["sliding_attention", "full_attention"],
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
         torch.manual_seed(0)
         Gemma2ForCausalLM(config).save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -182,8 +195,10 @@ def check_hub(name: str) -> None:
         return  # cached: transformers loads it offline
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or not hub_reachable():
-        raise MathtuneError(f"model.name: {name!r} is not a local folder, an embedded model ({', '.join(EMBEDDED)}) "
-                            f"or in the hub cache, and the hub ({endpoint}) cannot be reached")
+        raise MathtuneError(
+            f"model.name: {name!r} is not a local folder, an embedded model ({', '.join(EMBEDDED)}) "
+            f"or in the hub cache, and the hub ({endpoint}) cannot be reached"
+        )
 
 
 def pick_device(device: str) -> str:

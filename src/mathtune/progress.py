@@ -41,8 +41,11 @@ class Lines:
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         tail = f", ETA {_clock(eta)}" if eta is not None and self.n < self.total else ""
         extra = f", {self.postfix}" if self.postfix else ""
-        print(f"{self.desc}: {self.n}/{self.total} {self.unit}{pct}, {_clock(elapsed)} elapsed{tail}{extra}",
-              file=self.stream, flush=True)
+        print(
+            f"{self.desc}: {self.n}/{self.total} {self.unit}{pct}, {_clock(elapsed)} elapsed{tail}{extra}",
+            file=self.stream,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.n < self.total and self.n > self.first:

@@ -47,8 +47,15 @@ def environment() -> dict:
             versions[name] = version(name)
         except PackageNotFoundError:
             versions[name] = None
-    env = {"python": platform.python_version(), "packages": versions, "machine": platform.machine(),
-           "cpu": cpu_model(), "cores": _cores(), "gpu": None, "allocator": allocator.current()}
+    env = {
+        "python": platform.python_version(),
+        "packages": versions,
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "cores": _cores(),
+        "gpu": None,
+        "allocator": allocator.current(),
+    }
     try:
         import torch
 
@@ -109,8 +116,13 @@ def _write_run_files(cfg: Config, run_dir: Path, force: bool) -> None:
     env = environment()
     device = cfg.runtime.device if cfg.runtime.device != "auto" else ("cuda" if env["gpu"] else "cpu")
     # What the run uses, for its cost: its device and processes (one GPU each), not what the host has.
-    info.update(config_hash=config_hash(cfg), git_commit=git_commit(), device=device,
-                processes=rank_and_world()[1], environment=env)
+    info.update(
+        config_hash=config_hash(cfg),
+        git_commit=git_commit(),
+        device=device,
+        processes=rank_and_world()[1],
+        environment=env,
+    )
     info.setdefault("stages", {})
     atomic_write_json(run_dir / "run.json", info)
 
@@ -178,16 +190,38 @@ class Stage:
 
 
 STAGES = (
-    Stage("data", (), ("data",),
-          _files("data/train.jsonl", "data/val.jsonl", "data/test.jsonl", "data/info.json"), _data, False),
-    Stage("train", ("data/train.jsonl", "data/val.jsonl"),
-          ("adapter", "checkpoints", "metrics.jsonl", "train.json", "tensorboard", "mlruns"),
-          _files("adapter/adapter_model.safetensors", "train.json"), _train, True),
-    Stage("eval", ("data/train.jsonl", "data/test.jsonl", "train.json", "adapter"), ("predictions", "eval.json"),
-          _eval_done, _eval, True),
-    Stage("report", ("predictions", "eval.json", "metrics.jsonl", "train.json", "data/info.json", "run.json",
-                     "config.yaml"), ("analysis.json", "report.md", "report.html", "plots"),
-          _files("analysis.json", "report.md", "report.html"), _report, False),
+    Stage(
+        "data",
+        (),
+        ("data",),
+        _files("data/train.jsonl", "data/val.jsonl", "data/test.jsonl", "data/info.json"),
+        _data,
+        False,
+    ),
+    Stage(
+        "train",
+        ("data/train.jsonl", "data/val.jsonl"),
+        ("adapter", "checkpoints", "metrics.jsonl", "train.json", "tensorboard", "mlruns"),
+        _files("adapter/adapter_model.safetensors", "train.json"),
+        _train,
+        True,
+    ),
+    Stage(
+        "eval",
+        ("data/train.jsonl", "data/test.jsonl", "train.json", "adapter"),
+        ("predictions", "eval.json"),
+        _eval_done,
+        _eval,
+        True,
+    ),
+    Stage(
+        "report",
+        ("predictions", "eval.json", "metrics.jsonl", "train.json", "data/info.json", "run.json", "config.yaml"),
+        ("analysis.json", "report.md", "report.html", "plots"),
+        _files("analysis.json", "report.md", "report.html"),
+        _report,
+        False,
+    ),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -197,7 +231,7 @@ def stage(name: str) -> Stage:
 
 
 def later(name: str) -> tuple[Stage, ...]:
-    return STAGES[STAGE_NAMES.index(name) + 1:]
+    return STAGES[STAGE_NAMES.index(name) + 1 :]
 
 
 def clear(run_dir: Path, stages) -> None:
@@ -299,8 +333,16 @@ def saved_config(run_dir: Path) -> Config:
 
 # Which stage first reads each config key (the longest matching prefix wins): changing a key redoes that stage
 # and every later one. runtime.* says how to run, not what: it changes no result and redoes nothing.
-KEY_STAGE = {"data": "data", "eval.limit": "data", "model": "train", "lora": "train", "train": "train",
-             "eval": "eval", "cost": "report", "runtime": None}
+KEY_STAGE = {
+    "data": "data",
+    "eval.limit": "data",
+    "model": "train",
+    "lora": "train",
+    "train": "train",
+    "eval": "eval",
+    "cost": "report",
+    "runtime": None,
+}
 
 
 def key_stage(key: str) -> str | None:
@@ -320,8 +362,10 @@ def apply_to_run(run_dir: Path, name: str, overrides: list[str]) -> Config:
     for key in changed:
         first = key_stage(key)
         if first is not None and STAGE_NAMES.index(first) < STAGE_NAMES.index(name):
-            raise MathtuneError(f"{key}: read by the {first} stage, which `mathtune {name}` does not redo; change it "
-                                f"with `mathtune run --config ... --force`, or start a new run")
+            raise MathtuneError(
+                f"{key}: read by the {first} stage, which `mathtune {name}` does not redo; change it "
+                f"with `mathtune run --config ... --force`, or start a new run"
+            )
     if changed and is_main():
         atomic_write_text(run_dir / "config.yaml", config_to_yaml(new))
         info = read_json(run_dir / "run.json")
@@ -338,8 +382,9 @@ def redo(run_dir: Path, name: str, overrides: list[str] = (), resume: bool = Fal
         if before.name == "data" and not before.done(cfg, run_dir):
             run_stage(cfg, run_dir, before)  # the data are prepared from the config alone
         elif not before.done(cfg, run_dir):
-            raise MathtuneError(f"{run_dir}: the {before.name} stage has not finished; run `mathtune {before.name} "
-                                f"{run_dir}`")
+            raise MathtuneError(
+                f"{run_dir}: the {before.name} stage has not finished; run `mathtune {before.name} {run_dir}`"
+            )
     if is_main():
         clear(run_dir, later(name) if resume else (stage(name), *later(name)))
     barrier()

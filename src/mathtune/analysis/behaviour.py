@@ -71,6 +71,5 @@ def behaviour_table(preds: dict[str, list[dict]]) -> dict:
     names = list(preds)
     if len(names) >= 2:
         a, b = out["models"][names[0]], out["models"][names[-1]]
-        out["change"] = {k: (b[k] - a[k] if a[k] is not None and b[k] is not None else None)
-                         for k in a if k != "n"}
+        out["change"] = {k: (b[k] - a[k] if a[k] is not None and b[k] is not None else None) for k in a if k != "n"}
     return out

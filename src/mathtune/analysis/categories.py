@@ -36,7 +36,7 @@ RULES = {
     "money_decimals": "question has $, a money word or a decimal number",
     "format_failure": "no number found in the answer",
     "repetition_loop": f"the answer ends in a block repeated back to back {LOOP_REPEATS}+ times, numbers aside "
-                       f"({LOOP_MIN_CHARS}+ characters)",
+    f"({LOOP_MIN_CHARS}+ characters)",
     "truncated": "answer hit the token limit without a repetition loop",
     "arithmetic_slip": "answer holds an equation that is false when re-evaluated",
     "reasoning_error": "wrong answer whose equations are all right",
@@ -45,8 +45,21 @@ RULES = {
 # Units by dimension; a question naming two different units of one dimension converts between them.
 UNITS = {
     "time": ["second", "minute", "hour", "day", "week", "month", "year", "decade", "century"],
-    "length": ["inch", "inches", "foot", "feet", "yard", "mile", "millimeter", "centimeter", "meter", "kilometer",
-               "mm", "cm", "km"],
+    "length": [
+        "inch",
+        "inches",
+        "foot",
+        "feet",
+        "yard",
+        "mile",
+        "millimeter",
+        "centimeter",
+        "meter",
+        "kilometer",
+        "mm",
+        "cm",
+        "km",
+    ],
     "mass": ["ounce", "pound", "lb", "lbs", "gram", "kilogram", "kg", "ton"],
     "volume": ["teaspoon", "tablespoon", "cup", "pint", "quart", "gallon", "liter", "litre", "milliliter", "ml"],
     "money": ["cent", "dollar", "nickel", "dime", "quarter"],
@@ -54,10 +67,11 @@ UNITS = {
 _COUNT_UNITS = re.compile(r"\b(dozens?|half-dozen)\b", re.I)
 _FRACTION = re.compile(
     r"\b\d+\s*/\s*\d+\b|\b(half|halves|thirds?|quarters?|fourths?|fifths?|sixths?|sevenths?|eighths?|ninths?|"
-    r"tenths?|ratio|proportion|fraction)\b", re.I)
+    r"tenths?|ratio|proportion|fraction)\b",
+    re.I,
+)
 _PERCENT = re.compile(r"%|\bpercent", re.I)
-_MONEY = re.compile(r"\$|\b(dollars?|cents?|price|cost|costs|paid|pays?|spends?|spent|earns?|earned)\b|\d\.\d",
-                    re.I)
+_MONEY = re.compile(r"\$|\b(dollars?|cents?|price|cost|costs|paid|pays?|spends?|spent|earns?|earned)\b|\d\.\d", re.I)
 _ANNOTATION = re.compile(r"<<[^<>]*=[^<>]*>>")
 
 

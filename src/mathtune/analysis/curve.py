@@ -27,15 +27,20 @@ def _slope(xs: list[float], ys: list[float]) -> float:
     return 0.0 if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
 
 
-def curve_verdict(val: list[tuple[int, float]], epochs: float | None = None, steps_per_epoch: float | None = None,
-                  ) -> dict:
+def curve_verdict(
+    val: list[tuple[int, float]],
+    epochs: float | None = None,
+    steps_per_epoch: float | None = None,
+) -> dict:
     """val: (step, validation loss) in step order. Returns {verdict, recommendation, evidence}."""
     points = [(s, v) for s, v in val if v is not None and math.isfinite(v)]
     if len(points) < MIN_POINTS:
-        return {"curve_verdict": "too_short_to_tell",
-                "recommendation": f"Only {len(points)} validation points: evaluate more often (train.eval_steps) "
-                                  f"to get at least {MIN_POINTS}.",
-                "evidence": {"points": len(points)}}
+        return {
+            "curve_verdict": "too_short_to_tell",
+            "recommendation": f"Only {len(points)} validation points: evaluate more often (train.eval_steps) "
+            f"to get at least {MIN_POINTS}.",
+            "evidence": {"points": len(points)},
+        }
     steps, losses = [p[0] for p in points], [p[1] for p in points]
     second = [losses[i + 1] - 2 * losses[i] + losses[i - 1] for i in range(1, len(losses) - 1)]
     noise = max(statistics.median(abs(d) for d in second) / 1.65, 1e-3 * abs(losses[-1]))
@@ -43,26 +48,47 @@ def curve_verdict(val: list[tuple[int, float]], epochs: float | None = None, ste
     ws, wl = steps[-k:], losses[-k:]
     change = _slope(ws, wl) * (ws[-1] - ws[0])
     best = min(range(len(losses)), key=losses.__getitem__)
-    evidence = {"points": len(points), "window": k, "window_change": change, "noise": noise,
-                "best_step": steps[best], "best_loss": losses[best], "last_loss": losses[-1]}
+    evidence = {
+        "points": len(points),
+        "window": k,
+        "window_change": change,
+        "noise": noise,
+        "best_step": steps[best],
+        "best_loss": losses[best],
+        "last_loss": losses[-1],
+    }
     epoch_of = (lambda s: s / steps_per_epoch) if steps_per_epoch else (lambda s: None)
     if best < len(losses) - 1 and losses[-1] - losses[best] > 2 * noise and change > 0:
         e = epoch_of(steps[best])
         at = f" (epoch {e:.2f})" if e is not None else ""
-        return {"curve_verdict": "overfitting", "evidence": evidence,
-                "recommendation": f"Validation loss was lowest at step {steps[best]}{at} and rose by "
-                                  f"{losses[-1] - losses[best]:.4f} since: keep that checkpoint, and train for about "
-                                  f"{max(e, 0.01):.2f} epochs next time, or regularise (more LoRA dropout, a lower "
-                                  f"learning rate)." if e is not None else
-                                  f"Validation loss was lowest at step {steps[best]}: keep that checkpoint and stop "
-                                  f"there next time, or regularise (more LoRA dropout, a lower learning rate)."}
+        return {
+            "curve_verdict": "overfitting",
+            "evidence": evidence,
+            "recommendation": f"Validation loss was lowest at step {steps[best]}{at} and rose by "
+            f"{losses[-1] - losses[best]:.4f} since: keep that checkpoint, and train for about "
+            f"{max(e, 0.01):.2f} epochs next time, or regularise (more LoRA dropout, a lower "
+            f"learning rate)."
+            if e is not None
+            else f"Validation loss was lowest at step {steps[best]}: keep that checkpoint and stop "
+            f"there next time, or regularise (more LoRA dropout, a lower learning rate).",
+        }
     if -change > 2 * noise:
-        more = f" Train for {2 * epochs:g} epochs instead of {epochs:g}, with early stopping on, to find where it " \
-               f"levels off." if epochs else " Train longer, with early stopping on."
-        return {"curve_verdict": "still_improving", "evidence": evidence,
-                "recommendation": f"Validation loss fell {-change:.4f} over the last {k} evaluations, more than "
-                                  f"twice the noise ({noise:.4f}): the curve had not levelled off." + more}
-    return {"curve_verdict": "plateaued", "evidence": evidence,
-            "recommendation": f"Validation loss changed {change:+.4f} over the last {k} evaluations, within twice "
-                              f"the noise ({noise:.4f}): more epochs on the same data are unlikely to help; more or "
-                              f"different data, or a larger LoRA rank, might."}
+        more = (
+            f" Train for {2 * epochs:g} epochs instead of {epochs:g}, with early stopping on, to find where it "
+            f"levels off."
+            if epochs
+            else " Train longer, with early stopping on."
+        )
+        return {
+            "curve_verdict": "still_improving",
+            "evidence": evidence,
+            "recommendation": f"Validation loss fell {-change:.4f} over the last {k} evaluations, more than "
+            f"twice the noise ({noise:.4f}): the curve had not levelled off." + more,
+        }
+    return {
+        "curve_verdict": "plateaued",
+        "evidence": evidence,
+        "recommendation": f"Validation loss changed {change:+.4f} over the last {k} evaluations, within twice "
+        f"the noise ({noise:.4f}): more epochs on the same data are unlikely to help; more or "
+        f"different data, or a larger LoRA rank, might.",
+    }

@@ -217,7 +217,8 @@ def check_equations(text: str) -> list[Check]:
         chains += 1
         for (lt, lv), (rt, rv) in zip(zip(sides, values), zip(sides[1:], values[1:])):
             computed = {(True, False): "left", (False, True): "right", (True, True): "both"}.get(
-                (bool(_OPERATOR.search(lt)), bool(_OPERATOR.search(rt))), "neither")
+                (bool(_OPERATOR.search(lt)), bool(_OPERATOR.search(rt))), "neither"
+            )
             checks.append(Check(f"{lt} = {rt}", lv, rv, _equal(lt, lv, rt, rv), computed))
     return checks
 
@@ -235,12 +236,18 @@ def show(x: Fraction) -> str:
 def _says(c: Check) -> str:
     """What is wrong, naming the side that was computed: "right side is 80" for `20 = 4 * 20`."""
     left, right = show(c.left), show(c.right)
-    return {"left": f"left side is {left}", "right": f"right side is {right}",
-            "both": f"left side is {left}, right side is {right}"}.get(c.computed, f"{left} is not {right}")
+    return {
+        "left": f"left side is {left}",
+        "right": f"right side is {right}",
+        "both": f"left side is {left}, right side is {right}",
+    }.get(c.computed, f"{left} is not {right}")
 
 
 def false_equations(text: str) -> list[dict]:
     """[{equation, left, right, computed, says}] for every equality that does not hold: the exact value of each side,
     which side holds the arithmetic, and a message that names it."""
-    return [{"equation": c.text, "left": show(c.left), "right": show(c.right), "computed": c.computed,
-             "says": _says(c)} for c in check_equations(text) if not c.ok]
+    return [
+        {"equation": c.text, "left": show(c.left), "right": show(c.right), "computed": c.computed, "says": _says(c)}
+        for c in check_equations(text)
+        if not c.ok
+    ]

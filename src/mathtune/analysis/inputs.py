@@ -49,14 +49,22 @@ def lm_eval_rows(samples: list[dict], path: Path) -> list[dict]:
             completion = s["resps"][0][0]
             doc_id = s["doc_id"]
         except (KeyError, IndexError, TypeError):
-            raise MathtuneError(f"{path}:{i}: an lm-eval sample needs doc_id and a generated response in resps") from None
+            raise MathtuneError(
+                f"{path}:{i}: an lm-eval sample needs doc_id and a generated response in resps"
+            ) from None
         key = f"test-{doc_id}"
         if key in out:
             continue  # the same response under another filter
         doc = s.get("doc") if isinstance(s.get("doc"), dict) else {}
         reference = doc.get("answer", s.get("target"))
-        out[key] = {"id": key, "question": doc.get("question"), "reference": None if reference is None else str(reference),
-                    "completion": completion, "prompt_hash": s.get("prompt_hash"), "source": "lm-eval --log_samples"}
+        out[key] = {
+            "id": key,
+            "question": doc.get("question"),
+            "reference": None if reference is None else str(reference),
+            "completion": completion,
+            "prompt_hash": s.get("prompt_hash"),
+            "source": "lm-eval --log_samples",
+        }
     return list(out.values())
 
 
@@ -76,8 +84,11 @@ def _optional_yaml(path: Path) -> dict:
 def run_inputs(run_dir: Path) -> dict:
     """The analyze() arguments a run directory holds (what `mathtune report RUN_DIR` reads)."""
     run_dir = Path(run_dir)
-    names = [p.name.removesuffix(".jsonl") for p in (run_dir / "predictions").glob("*.jsonl")
-             if p.name.count(".") == 1] if (run_dir / "predictions").is_dir() else []  # not .samples / .partial files
+    names = (
+        [p.name.removesuffix(".jsonl") for p in (run_dir / "predictions").glob("*.jsonl") if p.name.count(".") == 1]
+        if (run_dir / "predictions").is_dir()
+        else []
+    )  # not .samples / .partial files
     preds = {name: load_predictions(run_dir / "predictions" / f"{name}.jsonl") for name in report_order(names)}
     metrics_path = run_dir / "metrics.jsonl"
     return {
@@ -87,8 +98,11 @@ def run_inputs(run_dir: Path) -> dict:
         "run_info": _optional_json(run_dir / "run.json"),
         "cfg": _optional_yaml(run_dir / "config.yaml"),
         "data_info": _optional_json(run_dir / "data" / "info.json"),
-        "samples": {name: read_jsonl(run_dir / "predictions" / f"{name}.samples.jsonl") for name in preds
-                    if (run_dir / "predictions" / f"{name}.samples.jsonl").is_file()},
+        "samples": {
+            name: read_jsonl(run_dir / "predictions" / f"{name}.samples.jsonl")
+            for name in preds
+            if (run_dir / "predictions" / f"{name}.samples.jsonl").is_file()
+        },
     }
 
 

@@ -75,8 +75,13 @@ def paired(a_name: str, a: list[dict], b_name: str, b: list[dict]) -> dict:
     only_b = sum(b_by[i] and not a_by[i] for i in common)
     n = len(common)
     return {
-        "a": a_name, "b": b_name, "n": n,
-        "both_correct": both, "only_a": only_a, "only_b": only_b, "neither": n - both - only_a - only_b,
+        "a": a_name,
+        "b": b_name,
+        "n": n,
+        "both_correct": both,
+        "only_a": only_a,
+        "only_b": only_b,
+        "neither": n - both - only_a - only_b,
         "diff": (only_b - only_a) / n,
         "diff_ci95": list(paired_diff_ci(only_a, only_b, n)),
         "mcnemar_p": mcnemar_exact(only_a, only_b),
@@ -90,7 +95,9 @@ def power(n: int, only_a: int, only_b: int, alpha: float = 0.05, level: float = 
     diff = (only_b - only_a) / n
     needed = mcnemar_n_needed(diff, discordant, alpha, level)
     return {
-        "alpha": alpha, "power": level, "discordant_share": discordant,
+        "alpha": alpha,
+        "power": level,
+        "discordant_share": discordant,
         "detectable_diff": mcnemar_detectable(n, discordant, alpha, level),
         "full_split_n": GSM8K_TEST,
         "full_split_detectable_diff": mcnemar_detectable(GSM8K_TEST, discordant, alpha, level),
@@ -107,10 +114,17 @@ def changes(a_name: str, a: list[dict], b_name: str, b: list[dict]) -> dict:
         rb = b_by.get(ra["id"])
         if rb is None or bool(ra["correct"]) == bool(rb["correct"]):
             continue
-        out["fixed" if rb["correct"] else "broken"].append({
-            "id": ra["id"], "question": ra["question"], "reference": reference_value(ra["reference"]),
-            "extracted_a": ra.get("extracted"), "extracted_b": rb.get("extracted"),
-            "completion_a": ra["completion"], "completion_b": rb["completion"]})
+        out["fixed" if rb["correct"] else "broken"].append(
+            {
+                "id": ra["id"],
+                "question": ra["question"],
+                "reference": reference_value(ra["reference"]),
+                "extracted_a": ra.get("extracted"),
+                "extracted_b": rb.get("extracted"),
+                "completion_a": ra["completion"],
+                "completion_b": rb["completion"],
+            }
+        )
     return out
 
 
@@ -150,8 +164,9 @@ def failure_table(preds: dict[str, list[dict]], labelled: dict) -> dict:
         for name in names:
             members = [i for i, (cats, _) in labelled[name].items() if cat in cats]
             entry[f"n_{name}"] = len(members)
-            entry[f"accuracy_{name}"] = (sum(by_id[name][i]["correct"] for i in members) / len(members)
-                                         if members else None)
+            entry[f"accuracy_{name}"] = (
+                sum(by_id[name][i]["correct"] for i in members) / len(members) if members else None
+            )
         in_cat = [r["id"] for r in wrong if cat in labelled[focus][r["id"]][0]]
         entry["count"] = len(in_cat)
         entry["share_of_wrong"] = len(in_cat) / len(wrong) if wrong else 0.0
@@ -184,10 +199,20 @@ def cited_examples(preds: dict[str, list[dict]], labelled: dict, ids: list[str])
     examples = {}
     for i in dict.fromkeys(ids):
         ref = next(by_id[name][i] for name in reversed(names) if i in by_id[name])
-        examples[i] = {"question": ref["question"], "reference": ref["reference"], "answers": {
-            name: {"completion": by_id[name][i]["completion"], "extracted": by_id[name][i].get("extracted"),
-                   "correct": bool(by_id[name][i]["correct"]), "false_equations": labelled[name][i][1]}
-            for name in names if i in by_id[name]}}
+        examples[i] = {
+            "question": ref["question"],
+            "reference": ref["reference"],
+            "answers": {
+                name: {
+                    "completion": by_id[name][i]["completion"],
+                    "extracted": by_id[name][i].get("extracted"),
+                    "correct": bool(by_id[name][i]["correct"]),
+                    "false_equations": labelled[name][i][1],
+                }
+                for name in names
+                if i in by_id[name]
+            },
+        }
     return examples
 
 
@@ -212,9 +237,12 @@ def training_summary(metrics: list[dict], train_info: dict, epochs: float | None
         "steps": train_info.get("steps", last(metrics, "step")),
         "early_stopped": train_info.get("early_stopped"),
         "best_step": train_info.get("best_step"),
-        "first_train_loss": first(train, "train_loss"), "last_train_loss": last(train, "train_loss"),
-        "first_val_loss": first(val, "val_loss"), "last_val_loss": last(val, "val_loss"),
-        "first_val_step": first(val, "step"), "last_val_step": last(val, "step"),
+        "first_train_loss": first(train, "train_loss"),
+        "last_train_loss": last(train, "train_loss"),
+        "first_val_loss": first(val, "val_loss"),
+        "last_val_loss": last(val, "val_loss"),
+        "first_val_step": first(val, "step"),
+        "last_val_step": last(val, "step"),
         "first_mean_token_accuracy": first(train, "mean_token_accuracy"),
         "last_mean_token_accuracy": last(train, "mean_token_accuracy"),
         "tokens": train_info.get("tokens"),
@@ -226,8 +254,10 @@ def training_summary(metrics: list[dict], train_info: dict, epochs: float | None
     out["val_loss_decrease_pct"] = _decrease_pct(out["first_val_loss"], out["last_val_loss"])
     verdict = curve_verdict([(m["step"], m["val_loss"]) for m in val], epochs, per_epoch[-1] if per_epoch else None)
     out.update(verdict)
-    out["curve"] = {k: _series(metrics, k) for k in ("train_loss", "val_loss", "mean_token_accuracy",
-                                                     "val_mean_token_accuracy", "learning_rate")}
+    out["curve"] = {
+        k: _series(metrics, k)
+        for k in ("train_loss", "val_loss", "mean_token_accuracy", "val_mean_token_accuracy", "learning_rate")
+    }
     return out
 
 
@@ -240,9 +270,15 @@ def cost_summary(run_info: dict, cfg: dict) -> dict:
     price = hourly_price(cfg.get("cost", {}), gpu, run_info.get("processes", 1))
     gpu_hours = wall / 3600 * price["gpus"]
     return {
-        "stages_seconds": stages, "wall_seconds": wall, "device": price["device"], "gpus": price["gpus"],
-        "gpu_hours": gpu_hours, "price_per_gpu_hour": price["per_gpu"], "price_matched": price["matched"],
-        "price_source": price["source"], "price_date": price["date"],
+        "stages_seconds": stages,
+        "wall_seconds": wall,
+        "device": price["device"],
+        "gpus": price["gpus"],
+        "gpu_hours": gpu_hours,
+        "price_per_gpu_hour": price["per_gpu"],
+        "price_matched": price["matched"],
+        "price_source": price["source"],
+        "price_date": price["date"],
         "dollars": wall / 3600 * price["price_per_hour"],
         "predicted": run_info.get("estimate"),  # mathtune estimate's figures, recorded before training
     }
@@ -252,18 +288,31 @@ def reproducibility(run_info: dict, cfg: dict, data_info: dict) -> dict:
     env = run_info.get("environment", {})
     data = cfg.get("data", {})
     return {
-        "config_hash": run_info.get("config_hash"), "git_commit": run_info.get("git_commit"),
-        "python": env.get("python"), "packages": env.get("packages", {}),
-        "cpu": env.get("cpu"), "cores": env.get("cores"), "gpu": env.get("gpu"),
-        "seeds": {"data": data.get("seed"), "train": cfg.get("train", {}).get("seed"),
-                  "eval": cfg.get("eval", {}).get("seed")},
+        "config_hash": run_info.get("config_hash"),
+        "git_commit": run_info.get("git_commit"),
+        "python": env.get("python"),
+        "packages": env.get("packages", {}),
+        "cpu": env.get("cpu"),
+        "cores": env.get("cores"),
+        "gpu": env.get("gpu"),
+        "seeds": {
+            "data": data.get("seed"),
+            "train": cfg.get("train", {}).get("seed"),
+            "eval": cfg.get("eval", {}).get("seed"),
+        },
         "model": cfg.get("model", {}).get("name"),
-        "data": {"source": data_info.get("source", data.get("source")),
-                 "location": data.get("path") or data.get("hub_id"),
-                 "test_source": data_info.get("test_source"), "rows_before_split": data_info.get("rows_before_split"),
-                 "train": data_info.get("train"), "val": data_info.get("val"), "test": data_info.get("test"),
-                 "warnings": data_info.get("warnings", [])},
-        "started": run_info.get("started"), "finished": run_info.get("finished"),
+        "data": {
+            "source": data_info.get("source", data.get("source")),
+            "location": data.get("path") or data.get("hub_id"),
+            "test_source": data_info.get("test_source"),
+            "rows_before_split": data_info.get("rows_before_split"),
+            "train": data_info.get("train"),
+            "val": data_info.get("val"),
+            "test": data_info.get("test"),
+            "warnings": data_info.get("warnings", []),
+        },
+        "started": run_info.get("started"),
+        "finished": run_info.get("finished"),
     }
 
 
@@ -275,14 +324,21 @@ def model_summaries(all_rows: dict[str, list[dict]], paired_rows: dict[str, list
         m = model_summary(name, rows)
         if len(all_rows[name]) > len(rows):
             whole = model_summary(name, all_rows[name])
-            m.update(n_all=whole["n"], correct_all=whole["correct"], accuracy_all=whole["accuracy"],
-                     ci95_all=whole["ci95"])
+            m.update(
+                n_all=whole["n"], correct_all=whole["correct"], accuracy_all=whole["accuracy"], ci95_all=whole["ci95"]
+            )
         out.append(m)
     return out
 
 
-def analyze(preds: dict[str, list[dict]], metrics: list[dict] | None = None, train_info: dict | None = None,
-            run_info: dict | None = None, cfg: dict | None = None, data_info: dict | None = None) -> dict:
+def analyze(
+    preds: dict[str, list[dict]],
+    metrics: list[dict] | None = None,
+    train_info: dict | None = None,
+    run_info: dict | None = None,
+    cfg: dict | None = None,
+    data_info: dict | None = None,
+) -> dict:
     """The whole analysis from already loaded files; every argument but preds may be missing. With several models,
     every figure about the models is on the questions all of them answered (docs/analysis-schema.md says which)."""
     cfg, run_info = cfg or {}, run_info or {}
@@ -290,12 +346,18 @@ def analyze(preds: dict[str, list[dict]], metrics: list[dict] | None = None, tra
     names = list(preds)
     common = set(common_ids(preds)) if len(names) >= 2 else None
     on = {name: [r for r in rows if common is None or r["id"] in common] for name, rows in preds.items()}
-    analysis = {"schema_version": SCHEMA_VERSION, "title": cfg.get("model", {}).get("name") or " vs ".join(names),
-                "models": model_summaries(preds, on), "warnings": []}
+    analysis = {
+        "schema_version": SCHEMA_VERSION,
+        "title": cfg.get("model", {}).get("name") or " vs ".join(names),
+        "models": model_summaries(preds, on),
+        "warnings": [],
+    }
     protocols = sorted({str(m["protocol"]) for m in analysis["models"]})
     if len(protocols) > 1:
-        analysis["warnings"].append(f"the models were evaluated under different protocols ({', '.join(protocols)}): "
-                                    "their accuracies are not comparable")
+        analysis["warnings"].append(
+            f"the models were evaluated under different protocols ({', '.join(protocols)}): "
+            "their accuracies are not comparable"
+        )
     if len(names) >= 2:
         analysis["comparison"] = paired(names[0], on[names[0]], names[-1], on[names[-1]])
         analysis["changes"] = changes(names[0], on[names[0]], names[-1], on[names[-1]])
@@ -303,8 +365,9 @@ def analyze(preds: dict[str, list[dict]], metrics: list[dict] | None = None, tra
         with_calc = [(n.removesuffix("-calculator"), n) for n in names if n.endswith("-calculator")]
         calc = [paired(a, on[a], b, on[b]) for a, b in with_calc if a in on]
         if calc:
-            analysis["calculator"] = [{**c, "calculator_calls": sum(len(r.get("calculator_calls") or ())
-                                                                     for r in on[c["b"]])} for c in calc]
+            analysis["calculator"] = [
+                {**c, "calculator_calls": sum(len(r.get("calculator_calls") or ()) for r in on[c["b"]])} for c in calc
+            ]
     if preds:
         analysis["behaviour"] = behaviour_table(on)
         labelled = label_rows(on)
@@ -365,10 +428,22 @@ def compare_runs(run_a: Path, run_b: Path) -> dict:
     flat = [_flatten(i["cfg"]) for i in inputs]
     analysis["runs"] = {
         "names": names,
-        "config_differences": [{"key": k, "a": flat[0].get(k), "b": flat[1].get(k)}
-                               for k in sorted(set(flat[0]) | set(flat[1])) if flat[0].get(k) != flat[1].get(k)],
-        "training": [{k: v for k, v in training_summary(i["metrics"], i["train_info"],
-                                                        i["cfg"].get("train", {}).get("epochs")).items()
-                      if k != "curve"} if i["metrics"] else None for i in inputs],
+        "config_differences": [
+            {"key": k, "a": flat[0].get(k), "b": flat[1].get(k)}
+            for k in sorted(set(flat[0]) | set(flat[1]))
+            if flat[0].get(k) != flat[1].get(k)
+        ],
+        "training": [
+            {
+                k: v
+                for k, v in training_summary(
+                    i["metrics"], i["train_info"], i["cfg"].get("train", {}).get("epochs")
+                ).items()
+                if k != "curve"
+            }
+            if i["metrics"]
+            else None
+            for i in inputs
+        ],
     }
     return analysis

@@ -57,8 +57,14 @@ class PrefixLayer(StaticLayer):
             setattr(self, name, new)
 
 
-def decode(model, tokenizer, prompts: list[list[int]], d: Decoding, batch_size: int, desc: str,
-           ) -> Iterator[tuple[int, list[Completion]]]:
+def decode(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    d: Decoding,
+    batch_size: int,
+    desc: str,
+) -> Iterator[tuple[int, list[Completion]]]:
     """The seam's greedy decoding: batches of similar lengths (longest first), each through `greedy`. When every
     prompt starts with the same SHARED_PREFIX_MIN or more tokens (a few-shot protocol's examples), their keys and
     values are computed once and copied into every batch instead of being recomputed for each question."""
@@ -69,10 +75,11 @@ def decode(model, tokenizer, prompts: list[list[int]], d: Decoding, batch_size: 
     order = longest_first(prompts)
     bar = progress(len(prompts), desc, "questions")
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         calc = Calculator(tokenizer) if d.calculator else None
-        new = greedy(model, tokenizer, [prompts[i][shared:] for i in idx], d.max_new_tokens, stops, pad, d.stop,
-                     prefix, calc)
+        new = greedy(
+            model, tokenizer, [prompts[i][shared:] for i in idx], d.max_new_tokens, stops, pad, d.stop, prefix, calc
+        )
         for j, i in enumerate(idx):
             calls = calc.calls.get(j, ()) if calc else ()
             yield i, [finish(new[j], tokenizer, stops, pad, d.stop, d.max_new_tokens, calls)]
@@ -155,8 +162,17 @@ def _prefill(model, prompts: list[list[int]], pad: int, max_new_tokens: int, pre
 
 
 @torch.inference_mode()
-def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, stops: list[int], pad: int,
-           stop_strings=(), prefix=None, calc: Calculator | None = None) -> list[list[int]]:
+def greedy(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    stops: list[int],
+    pad: int,
+    stop_strings=(),
+    prefix=None,
+    calc: Calculator | None = None,
+) -> list[list[int]]:
     """Each prompt's generated tokens, up to and including its end token (or the stop string's token, or the limit).
     `prompts` longest first (their order is kept in the result); with `prefix` (_prefix_cache), what follows it.
     With a calculator, each row's token is the calculator's choice (the model's unless a result is forced)."""
@@ -168,14 +184,18 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, stop
     for step in range(max_new_tokens):
         token = logits.argmax(-1)
         if calc is not None:
-            token = torch.tensor([calc.choose(r, t) if a else t for r, t, a in
-                                  zip(rows.tolist(), token.tolist(), alive.tolist())], device=token.device)
+            token = torch.tensor(
+                [calc.choose(r, t) if a else t for r, t, a in zip(rows.tolist(), token.tolist(), alive.tolist())],
+                device=token.device,
+            )
         for r, t in zip(rows[alive].tolist(), token[alive].tolist()):
             out[r].append(t)
         ended = torch.isin(token, stop_ids)
         if stop_strings:
-            ended |= torch.tensor([bool(a) and _has_stop(tokenizer, out[r], stop_strings)
-                                   for r, a in zip(rows.tolist(), alive.tolist())], device=alive.device)
+            ended |= torch.tensor(
+                [bool(a) and _has_stop(tokenizer, out[r], stop_strings) for r, a in zip(rows.tolist(), alive.tolist())],
+                device=alive.device,
+            )
         alive &= ~ended
         if not alive.any() or step == max_new_tokens - 1:
             break
@@ -185,8 +205,9 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, stop
             for layer in cache.layers:
                 layer.keep_rows(keep)
             rows, token, mask, next_pos, alive = rows[keep], token[keep], mask[keep], next_pos[keep], alive[keep]
-        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                       cache=cache).logits[:, -1]
+        logits = model(
+            input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None], cache=cache
+        ).logits[:, -1]
         next_pos = next_pos + 1
     return out
 

@@ -40,8 +40,16 @@ def sample_seed(seed: int, question_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{question_id}".encode()).digest()[:4], "little")
 
 
-def decode(engine: str, model, tokenizer, prompts: list[list[int]], ids: list[str], decoding: Decoding,
-           batch_size: int, desc: str = "generating") -> Iterator[tuple[int, list[Completion]]]:
+def decode(
+    engine: str,
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    ids: list[str],
+    decoding: Decoding,
+    batch_size: int,
+    desc: str = "generating",
+) -> Iterator[tuple[int, list[Completion]]]:
     """Yield (prompt index, [Completion] * k) for every prompt, in any order. `model` is a transformers model,
     or for vllm the vllm.LLM; ids are the questions' ids (sampling seeds)."""
     if decoding.calculator and (engine == "vllm" or decoding.sampling):
@@ -56,8 +64,16 @@ def decode(engine: str, model, tokenizer, prompts: list[list[int]], ids: list[st
     if engine == "compact" and decoding.sampling is None and compact.supports(model):
         yield from compact.decode(model, tokenizer, prompts, decoding, batch_size, desc)
     else:
-        yield from generate.decode(model, tokenizer, prompts, ids, decoding, batch_size, desc,
-                                   cache="dynamic" if engine == "dynamic" else "static")
+        yield from generate.decode(
+            model,
+            tokenizer,
+            prompts,
+            ids,
+            decoding,
+            batch_size,
+            desc,
+            cache="dynamic" if engine == "dynamic" else "static",
+        )
 
 
 def eos_ids(model, tokenizer) -> list[int]:
@@ -79,13 +95,14 @@ def left_pad(batch: list[list[int]], pad: int):
     ids = torch.full((len(batch), width), pad, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for i, p in enumerate(batch):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p) :] = 1
     return ids, mask
 
 
-def finish(tokens: list[int], tokenizer, stops: list[int], pad: int, stop_strings, max_new_tokens: int,
-           calls=()) -> Completion:
+def finish(
+    tokens: list[int], tokenizer, stops: list[int], pad: int, stop_strings, max_new_tokens: int, calls=()
+) -> Completion:
     """Cut one generated sequence at its end token; pad tokens after it belong to the batch, not the answer."""
     n = len(tokens)
     while n and tokens[n - 1] == pad and pad not in stops:  # finished early on a stop string

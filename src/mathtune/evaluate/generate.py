@@ -28,22 +28,35 @@ from mathtune.progress import progress
 
 
 @torch.inference_mode()
-def decode(model, tokenizer, prompts: list[list[int]], ids: list[str], d: Decoding, batch_size: int, desc: str,
-           cache: str = "static") -> Iterator[tuple[int, list[Completion]]]:
+def decode(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    ids: list[str],
+    d: Decoding,
+    batch_size: int,
+    desc: str,
+    cache: str = "static",
+) -> Iterator[tuple[int, list[Completion]]]:
     stops = eos_ids(model, tokenizer)
     pad = pad_id(tokenizer, stops)
     order = longest_first(prompts)
     per_batch = 1 if d.sampling else batch_size
     bar = progress(len(prompts), desc, "questions")
     for start in range(0, len(order), per_batch):
-        idx = order[start:start + per_batch]
+        idx = order[start : start + per_batch]
         if d.sampling:
             torch.manual_seed(sample_seed(d.sampling["seed"], ids[idx[0]]))
         calc = Calculator(tokenizer) if d.calculator else None
         new = _generate(model, tokenizer, [prompts[i] for i in idx], d, stops, pad, cache, calc)
         for j, i in enumerate(idx):
-            yield i, [finish(t, tokenizer, stops, pad, d.stop, d.max_new_tokens, calc.calls.get(j, ()) if calc else ())
-                      for t in new[j * d.k:(j + 1) * d.k]]
+            yield (
+                i,
+                [
+                    finish(t, tokenizer, stops, pad, d.stop, d.max_new_tokens, calc.calls.get(j, ()) if calc else ())
+                    for t in new[j * d.k : (j + 1) * d.k]
+                ],
+            )
         bar.update(len(idx))
     bar.close()
 
@@ -57,7 +70,7 @@ class CalculatorProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         best = scores.argmax(-1).tolist()
-        generated = input_ids[:, self.width:].tolist()
+        generated = input_ids[:, self.width :].tolist()
         for row, token in enumerate(best):
             if self.ended.intersection(generated[row]):
                 continue  # a finished row: generate pads it, whatever is chosen here
@@ -68,8 +81,16 @@ class CalculatorProcessor(LogitsProcessor):
         return scores
 
 
-def _generate(model, tokenizer, batch: list[list[int]], d: Decoding, stops: list[int], pad: int, cache: str,
-              calc: Calculator | None = None):
+def _generate(
+    model,
+    tokenizer,
+    batch: list[list[int]],
+    d: Decoding,
+    stops: list[int],
+    pad: int,
+    cache: str,
+    calc: Calculator | None = None,
+):
     """Generated token ids, k rows per prompt (padding after an early end included)."""
     ids, mask = left_pad(batch, pad)
     device = next(model.parameters()).device
@@ -89,7 +110,9 @@ def _generate(model, tokenizer, batch: list[list[int]], d: Decoding, stops: list
         # transformers compiles the forward on a GPU when the cache is static; every batch has its own prompt
         # length, hence cache shape, so that would recompile per batch: off.
         disable_compile=True,
-        logits_processor=LogitsProcessorList([CalculatorProcessor(calc, ids.shape[1], [*stops, pad])]) if calc else None,
+        logits_processor=LogitsProcessorList([CalculatorProcessor(calc, ids.shape[1], [*stops, pad])])
+        if calc
+        else None,
         **decoding,
     )
-    return out[:, ids.shape[1]:].tolist()
+    return out[:, ids.shape[1] :].tolist()

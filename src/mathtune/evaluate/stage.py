@@ -104,11 +104,20 @@ def oom_explained(rows, e, longest_prompt: int):
         raise MathtuneError(
             f"CUDA out of memory generating with eval.batch_size={e.batch_size}, prompts up to {longest_prompt} tokens "
             f"and eval.max_new_tokens={e.max_new_tokens}: lower eval.batch_size (or eval.max_new_tokens); answered "
-            f"questions are kept, rerun with --resume") from None
+            f"questions are kept, rerun with --resume"
+        ) from None
 
 
-def predict(cfg, tokenizer, protocol: Protocol, shots, test: list[dict], adapter: Path | None, out: Path,
-            calculator: bool = False) -> dict:
+def predict(
+    cfg,
+    tokenizer,
+    protocol: Protocol,
+    shots,
+    test: list[dict],
+    adapter: Path | None,
+    out: Path,
+    calculator: bool = False,
+) -> dict:
     """Greedy answers to every test row into `out` (and k samples into NAME.samples.jsonl when eval.samples > 1,
     never with the calculator: it decodes greedily)."""
     e = cfg.eval
@@ -132,18 +141,21 @@ def predict(cfg, tokenizer, protocol: Protocol, shots, test: list[dict], adapter
         for i, [c] in stream(todo, prompts):
             row = todo[i]
             generated += c.tokens
-            yield grade_row({
-                "id": row["id"],
-                "question": row["question"],
-                "reference": row["answer"],
-                "completion": c.text,
-                "generated_tokens": c.tokens,
-                "truncated": c.truncated,
-                "protocol": protocol.name,
-                "prompt_sha256": prompt_sha256(prompts[i]),
-                **({"fewshot_ids": shot_ids} if shot_ids else {}),
-                **({"calculator_calls": list(c.calculator_calls)} if calculator else {}),
-            }, pattern)
+            yield grade_row(
+                {
+                    "id": row["id"],
+                    "question": row["question"],
+                    "reference": row["answer"],
+                    "completion": c.text,
+                    "generated_tokens": c.tokens,
+                    "truncated": c.truncated,
+                    "protocol": protocol.name,
+                    "prompt_sha256": prompt_sha256(prompts[i]),
+                    **({"fewshot_ids": shot_ids} if shot_ids else {}),
+                    **({"calculator_calls": list(c.calculator_calls)} if calculator else {}),
+                },
+                pattern,
+            )
 
     def sampled(todo):
         sampling = {"temperature": e.temperature, "top_p": e.top_p, "seed": e.seed}
@@ -186,8 +198,11 @@ def predict(cfg, tokenizer, protocol: Protocol, shots, test: list[dict], adapter
         samples_out = out.with_name(out.stem + ".samples.jsonl")
         _resumable(samples_out, test, sampled)
         srows = read_jsonl(samples_out)
-        summary.update(k=e.samples, maj_at_k=sum(r["maj_correct"] for r in srows) / len(srows),
-                       pass_at_k=sum(r["pass_at_k"] for r in srows) / len(srows))
+        summary.update(
+            k=e.samples,
+            maj_at_k=sum(r["maj_correct"] for r in srows) / len(srows),
+            pass_at_k=sum(r["pass_at_k"] for r in srows) / len(srows),
+        )
     return summary
 
 
@@ -215,8 +230,10 @@ def run_eval(cfg, run_dir: Path) -> dict:
         summary[name] = predict(cfg, tokenizer, protocol, shots, test, adapter, out, arm["calculator"])
         s = summary[name]
         if is_main():
-            print(f"mathtune: {name}: {s['correct']}/{s['n']} correct ({100 * s['accuracy']:.1f}%), "
-                  f"protocol {protocol.name}")
+            print(
+                f"mathtune: {name}: {s['correct']}/{s['n']} correct ({100 * s['accuracy']:.1f}%), "
+                f"protocol {protocol.name}"
+            )
             atomic_write_json(run_dir / "eval.json", {**previous, **summary})
     if is_main():
         from mathtune.train.trackers import log_accuracies
@@ -239,6 +256,8 @@ def eval_standalone(cfg, adapter: Path | None, split: str, out: Path) -> dict:
     shots = pick_shots(protocol, load_train_rows(cfg.data) if protocol.shots == "train" else None)
     summary = predict(cfg, tokenizer, protocol, shots, rows, adapter, out, cfg.eval.calculator)
     if is_main():
-        atomic_write_json(out.with_suffix(".summary.json"), {"model": cfg.model.name, "adapter": str(adapter or ""),
-                                                              "split": split, **summary})
+        atomic_write_json(
+            out.with_suffix(".summary.json"),
+            {"model": cfg.model.name, "adapter": str(adapter or ""), "split": split, **summary},
+        )
     return summary

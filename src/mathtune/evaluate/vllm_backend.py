@@ -51,20 +51,28 @@ def make_llm(model_path: str, adapter: Path | None, dtype: str, seed: int) -> Se
     return Served(vllm.LLM(**kwargs), adapter)
 
 
-def decode(served: Served, prompts: list[list[int]], ids: list[str], d: Decoding,
-           ) -> Iterator[tuple[int, list[Completion]]]:
+def decode(
+    served: Served,
+    prompts: list[list[int]],
+    ids: list[str],
+    d: Decoding,
+) -> Iterator[tuple[int, list[Completion]]]:
     """(prompt index, [Completion] * k); greedy when d.sampling is None, else each question seeded from its id."""
     vllm, LoRARequest = _import_vllm()
 
     def params(question_id: str):
         return vllm.SamplingParams(
-            n=d.k, max_tokens=d.max_new_tokens, stop=list(d.stop) or None,
+            n=d.k,
+            max_tokens=d.max_new_tokens,
+            stop=list(d.stop) or None,
             temperature=d.sampling["temperature"] if d.sampling else 0.0,
             top_p=d.sampling["top_p"] if d.sampling else 1.0,
             seed=sample_seed(d.sampling["seed"], question_id) if d.sampling else None,
         )
 
     lora = LoRARequest("adapter", 1, str(served.adapter)) if served.adapter is not None else None
-    outputs = served.llm.generate([{"prompt_token_ids": p} for p in prompts], [params(i) for i in ids], lora_request=lora)
+    outputs = served.llm.generate(
+        [{"prompt_token_ids": p} for p in prompts], [params(i) for i in ids], lora_request=lora
+    )
     for i, out in enumerate(outputs):
         yield i, [Completion(c.text, len(c.token_ids), c.finish_reason == "length") for c in out.outputs]

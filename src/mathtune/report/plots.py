@@ -43,8 +43,10 @@ def loss_plot(t: dict) -> bytes:
 
 def token_accuracy_plot(t: dict) -> bytes:
     fig, ax = _figure()
-    for key, label, style in (("mean_token_accuracy", "train batches", "-"),
-                              ("val_mean_token_accuracy", "validation", "o-")):
+    for key, label, style in (
+        ("mean_token_accuracy", "train batches", "-"),
+        ("val_mean_token_accuracy", "validation", "o-"),
+    ):
         pts = t["curve"].get(key) or []
         if pts:
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], style, label=label)
@@ -60,7 +62,10 @@ def accuracy_plot(models: list[dict]) -> bytes:
     fig, ax = _figure(5.0, 3.0)
     xs = range(len(models))
     acc = [100 * m["accuracy"] for m in models]
-    err = [[100 * (m["accuracy"] - m["ci95"][0]) for m in models], [100 * (m["ci95"][1] - m["accuracy"]) for m in models]]
+    err = [
+        [100 * (m["accuracy"] - m["ci95"][0]) for m in models],
+        [100 * (m["ci95"][1] - m["accuracy"]) for m in models],
+    ]
     ax.bar(xs, acc, yerr=err, capsize=6, color=[COLORS[i % len(COLORS)] for i in xs])
     ax.set_xticks(list(xs), [m["name"] for m in models])
     ax.set_ylabel("answer accuracy (%)")

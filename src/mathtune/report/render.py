@@ -18,7 +18,6 @@ from mathtune.analysis.categories import RULES
 Block = tuple
 
 
-
 def _says(q: dict) -> str:
     """The false equation's message (analysis.json's `says`; older files have only the left side's value)."""
     return q.get("says") or f"left side is {q['left']}"
@@ -43,34 +42,92 @@ def _headline(a: dict) -> list[Block]:
         mb = next(m for m in a["models"] if m["name"] == c["b"])
         significant = c["mcnemar_p"] < 0.05
         direction = "better" if c["diff"] > 0 else "worse"
-        out.append(("p", f"{c['b']}: {pct(mb['accuracy'])} (95% CI {pct(mb['ci95'][0])} to {pct(mb['ci95'][1])}) "
-                         f"against {c['a']}: {pct(ma['accuracy'])} ({pct(ma['ci95'][0])} to {pct(ma['ci95'][1])}), "
-                         f"a change of {100 * c['diff']:+.1f} points (95% CI {100 * c['diff_ci95'][0]:+.1f} to "
-                         f"{100 * c['diff_ci95'][1]:+.1f}) on {c['n']} paired questions; exact McNemar p = "
-                         f"{c['mcnemar_p']:.3g}."))
-        out.append(("p", f"{c['b']} is significantly {direction} than {c['a']} at the 5% level." if significant else
-                         f"The change is not significant at the 5% level: with {c['n']} questions, a difference this "
-                         f"size can come from chance."))
+        out.append(
+            (
+                "p",
+                f"{c['b']}: {pct(mb['accuracy'])} (95% CI {pct(mb['ci95'][0])} to {pct(mb['ci95'][1])}) "
+                f"against {c['a']}: {pct(ma['accuracy'])} ({pct(ma['ci95'][0])} to {pct(ma['ci95'][1])}), "
+                f"a change of {100 * c['diff']:+.1f} points (95% CI {100 * c['diff_ci95'][0]:+.1f} to "
+                f"{100 * c['diff_ci95'][1]:+.1f}) on {c['n']} paired questions; exact McNemar p = "
+                f"{c['mcnemar_p']:.3g}.",
+            )
+        )
+        out.append(
+            (
+                "p",
+                f"{c['b']} is significantly {direction} than {c['a']} at the 5% level."
+                if significant
+                else f"The change is not significant at the 5% level: with {c['n']} questions, a difference this "
+                f"size can come from chance.",
+            )
+        )
         if c.get("power"):
             out.append(("p", _power_sentence(c)))
     out += [("p", _also_answered(m, a["models"])) for m in a["models"] if "n_all" in m]
     protocols = {m["name"]: m["protocol"] or "unknown" for m in a["models"]}
-    named = (f"protocol `{protocol}`" if len(set(protocols.values())) == 1 else
-             "protocols " + ", ".join(f"`{p}` ({n})" for n, p in protocols.items()))
-    out.append(("p", f"Generated answers, the final number extracted and compared exactly with the reference; "
-                     f"{named}. Strict: only a `#### N` answer counts (lm-evaluation-harness's strict-match)."))
-    rows = [[m["name"], m["protocol"] or "", m["n"], m["correct"], pct(m["accuracy"]),
-             f"{pct(m['ci95'][0])} to {pct(m['ci95'][1])}", pct(m["strict_accuracy"]), m["format_failures"],
-             m["truncated"]] for m in a["models"]]
-    out.append(("table", ["model", "protocol", "n", "correct", "accuracy", "95% CI (Wilson)", "strict (lm-eval)",
-                          "no number found", "truncated"], rows))
+    named = (
+        f"protocol `{protocol}`"
+        if len(set(protocols.values())) == 1
+        else "protocols " + ", ".join(f"`{p}` ({n})" for n, p in protocols.items())
+    )
+    out.append(
+        (
+            "p",
+            f"Generated answers, the final number extracted and compared exactly with the reference; "
+            f"{named}. Strict: only a `#### N` answer counts (lm-evaluation-harness's strict-match).",
+        )
+    )
+    rows = [
+        [
+            m["name"],
+            m["protocol"] or "",
+            m["n"],
+            m["correct"],
+            pct(m["accuracy"]),
+            f"{pct(m['ci95'][0])} to {pct(m['ci95'][1])}",
+            pct(m["strict_accuracy"]),
+            m["format_failures"],
+            m["truncated"],
+        ]
+        for m in a["models"]
+    ]
+    out.append(
+        (
+            "table",
+            [
+                "model",
+                "protocol",
+                "n",
+                "correct",
+                "accuracy",
+                "95% CI (Wilson)",
+                "strict (lm-eval)",
+                "no number found",
+                "truncated",
+            ],
+            rows,
+        )
+    )
     sampled = [m for m in a["models"] if "k" in m]
     if sampled:
-        out.append(("p", "Sampled answers: " + "; ".join(
-            f"{m['name']} maj@{m['k']} {pct(m['maj_at_k'])}, pass@{m['k']} {pct(m['pass_at_k'])}" for m in sampled)))
+        out.append(
+            (
+                "p",
+                "Sampled answers: "
+                + "; ".join(
+                    f"{m['name']} maj@{m['k']} {pct(m['maj_at_k'])}, pass@{m['k']} {pct(m['pass_at_k'])}"
+                    for m in sampled
+                ),
+            )
+        )
     if c:
-        out.append(("table", ["", f"{c['b']} right", f"{c['b']} wrong"],
-                    [[f"{c['a']} right", c["both_correct"], c["only_a"]], [f"{c['a']} wrong", c["only_b"], c["neither"]]]))
+        out.append(
+            (
+                "table",
+                ["", f"{c['b']} right", f"{c['b']} wrong"],
+                [[f"{c['a']} right", c["both_correct"], c["only_a"]], [f"{c['a']} wrong", c["only_b"], c["neither"]]],
+            )
+        )
     return out + [("img", "accuracy.png", "answer accuracy with 95% intervals")]
 
 
@@ -82,11 +139,15 @@ def _power_sentence(c: dict) -> str:
     """What this n could detect (alpha 0.05, 80% power, at the observed share of discordant pairs)."""
     p = c["power"]
     if p["detectable_diff"] is None:
-        return (f"Power: no question was answered right by one model only, so this comparison cannot say what "
-                f"difference {c['n']} questions could detect.")
-    text = (f"Power (paired, alpha {p['alpha']}, {100 * p['power']:.0f}% power, {pct(p['discordant_share'])} of "
-            f"questions discordant): with {c['n']} questions this comparison could detect changes of "
-            f"+-{_points(p['detectable_diff'])} points")
+        return (
+            f"Power: no question was answered right by one model only, so this comparison cannot say what "
+            f"difference {c['n']} questions could detect."
+        )
+    text = (
+        f"Power (paired, alpha {p['alpha']}, {100 * p['power']:.0f}% power, {pct(p['discordant_share'])} of "
+        f"questions discordant): with {c['n']} questions this comparison could detect changes of "
+        f"+-{_points(p['detectable_diff'])} points"
+    )
     if c["n"] < p["full_split_n"] and p["full_split_detectable_diff"] is not None:
         text += f"; all {p['full_split_n']:,} GSM8K test questions would detect +-{_points(p['full_split_detectable_diff'])}"
     if p["n_needed_for_observed"] is not None:
@@ -96,16 +157,20 @@ def _power_sentence(c: dict) -> str:
 
 def _also_answered(m: dict, models: list[dict]) -> str:
     others = " and ".join(o["name"] for o in models if o is not m)
-    return (f"{m['name']} also answered {m['n_all'] - m['n']} questions that {others} did not: "
-            f"{m['correct_all']}/{m['n_all']} = {pct(m['accuracy_all'])} (95% CI {pct(m['ci95_all'][0])} to "
-            f"{pct(m['ci95_all'][1])}) on all of its own. Every other figure is on the {m['n']} questions all answered.")
+    return (
+        f"{m['name']} also answered {m['n_all'] - m['n']} questions that {others} did not: "
+        f"{m['correct_all']}/{m['n_all']} = {pct(m['accuracy_all'])} (95% CI {pct(m['ci95_all'][0])} to "
+        f"{pct(m['ci95_all'][1])}) on all of its own. Every other figure is on the {m['n']} questions all answered."
+    )
 
 
-BEHAVIOUR = [("mean_generated_tokens", "mean generated tokens", lambda x: num(x, ".1f")),
-             ("format_compliance", "ends with a `#### N` line", pct),
-             ("truncated", "hit the token limit", pct),
-             ("repetition_loop", "in a repetition loop", pct),
-             ("no_number", "no number found", pct)]
+BEHAVIOUR = [
+    ("mean_generated_tokens", "mean generated tokens", lambda x: num(x, ".1f")),
+    ("format_compliance", "ends with a `#### N` line", pct),
+    ("truncated", "hit the token limit", pct),
+    ("repetition_loop", "in a repetition loop", pct),
+    ("no_number", "no number found", pct),
+]
 
 
 def _behaviour(a: dict) -> list[Block]:
@@ -114,14 +179,25 @@ def _behaviour(a: dict) -> list[Block]:
         return []
     names = list(b["models"])
     change = b.get("change")
-    signed = lambda key, x: ("n/a" if x is None else f"{x:+.1f}" if key == "mean_generated_tokens"  # noqa: E731
-                             else f"{100 * x:+.1f} points")
-    rows = [[label] + [fmt(b["models"][n][key]) for n in names] + ([signed(key, change[key])] if change else [])
-            for key, label, fmt in BEHAVIOUR]
-    return [("h2", "How the answers look"),
-            ("p", "What fine-tuning changes first in a small model is its format. Shares of each model's answers "
-                  "(rules in docs/analysis-schema.md)."),
-            ("table", ["", *names] + ([f"change ({names[-1]} - {names[0]})"] if change else []), rows)]
+
+    def signed(key, x):
+        if x is None:
+            return "n/a"
+        return f"{x:+.1f}" if key == "mean_generated_tokens" else f"{100 * x:+.1f} points"
+
+    rows = [
+        [label] + [fmt(b["models"][n][key]) for n in names] + ([signed(key, change[key])] if change else [])
+        for key, label, fmt in BEHAVIOUR
+    ]
+    return [
+        ("h2", "How the answers look"),
+        (
+            "p",
+            "What fine-tuning changes first in a small model is its format. Shares of each model's answers "
+            "(rules in docs/analysis-schema.md).",
+        ),
+        ("table", ["", *names] + ([f"change ({names[-1]} - {names[0]})"] if change else []), rows),
+    ]
 
 
 def _calculator(a: dict) -> list[Block]:
@@ -130,22 +206,39 @@ def _calculator(a: dict) -> list[Block]:
         return []
     slips = a.get("failures", {}).get("arithmetic_slip", {})
     models = {m["name"]: m for m in a["models"]}
-    rows = [[m["name"], f"{m['correct']}/{m['n']}", pct(m["accuracy"]), f"{pct(m['ci95'][0])} to {pct(m['ci95'][1])}",
-             slips.get(f"n_{m['name']}", "n/a")] for m in a["models"]]
+    rows = [
+        [
+            m["name"],
+            f"{m['correct']}/{m['n']}",
+            pct(m["accuracy"]),
+            f"{pct(m['ci95'][0])} to {pct(m['ci95'][1])}",
+            slips.get(f"n_{m['name']}", "n/a"),
+        ]
+        for m in a["models"]
+    ]
     out: list[Block] = [
         ("h2", "The calculator"),
-        ("p", "Each model also answered with the GSM8K paper's calculator in the decoding loop: after `<<EXPR=` the "
-              "result and `>>` are forced (src/mathtune/evaluate/calculator.py). Arithmetic slips are answers that hold "
-              "an equation that is false when re-evaluated."),
-        ("table", ["arm", "correct", "accuracy", "95% CI (Wilson)", "answers with an arithmetic slip"], rows)]
+        (
+            "p",
+            "Each model also answered with the GSM8K paper's calculator in the decoding loop: after `<<EXPR=` the "
+            "result and `>>` are forced (src/mathtune/evaluate/calculator.py). Arithmetic slips are answers that hold "
+            "an equation that is false when re-evaluated.",
+        ),
+        ("table", ["arm", "correct", "accuracy", "95% CI (Wilson)", "answers with an arithmetic slip"], rows),
+    ]
     for c in calc:
         p = c["mcnemar_p"]
-        out.append(("p", f"{c['a']} with the calculator: {pct(models[c['b']]['accuracy'])} against "
-                         f"{pct(models[c['a']]['accuracy'])} without, {100 * c['diff']:+.1f} points (95% CI "
-                         f"{100 * c['diff_ci95'][0]:+.1f} to {100 * c['diff_ci95'][1]:+.1f}) on {c['n']} questions; "
-                         f"{c['only_b']} fixed, {c['only_a']} broken; exact McNemar p = {p:.3g}"
-                         f"{' (significant at 5%)' if p < 0.05 else ' (not significant at 5%)'}; "
-                         f"{c['calculator_calls']} calculator calls."))
+        out.append(
+            (
+                "p",
+                f"{c['a']} with the calculator: {pct(models[c['b']]['accuracy'])} against "
+                f"{pct(models[c['a']]['accuracy'])} without, {100 * c['diff']:+.1f} points (95% CI "
+                f"{100 * c['diff_ci95'][0]:+.1f} to {100 * c['diff_ci95'][1]:+.1f}) on {c['n']} questions; "
+                f"{c['only_b']} fixed, {c['only_a']} broken; exact McNemar p = {p:.3g}"
+                f"{' (significant at 5%)' if p < 0.05 else ' (not significant at 5%)'}; "
+                f"{c['calculator_calls']} calculator calls.",
+            )
+        )
     return out
 
 
@@ -156,10 +249,15 @@ def _changes(a: dict) -> list[Block]:
     ch = a.get("changes")
     if not ch:
         return []
-    out: list[Block] = [("h2", "Which questions changed"),
-                        ("p", f"Fixed: wrong for {ch['a']}, right for {ch['b']} ({len(ch['fixed'])}). Broken: right "
-                              f"for {ch['a']}, wrong for {ch['b']} ({len(ch['broken'])}). These are the discordant "
-                              f"pairs of the McNemar test.")]
+    out: list[Block] = [
+        ("h2", "Which questions changed"),
+        (
+            "p",
+            f"Fixed: wrong for {ch['a']}, right for {ch['b']} ({len(ch['fixed'])}). Broken: right "
+            f"for {ch['a']}, wrong for {ch['b']} ({len(ch['broken'])}). These are the discordant "
+            f"pairs of the McNemar test.",
+        ),
+    ]
     for kind in ("fixed", "broken"):
         if ch[kind]:
             out.append(("h3", f"{kind.capitalize()} ({len(ch[kind])})"))
@@ -173,20 +271,42 @@ def _training(t: dict | None) -> list[Block]:
     dec = lambda x: "n/a" if x is None else f"{x:.1f}%"  # noqa: E731
     return [
         ("h2", "Training"),
-        ("table", ["", "first", "last", "decrease"], [
-            ["train loss (logged means)", num(t["first_train_loss"]), num(t["last_train_loss"]),
-             dec(t["train_loss_decrease_pct"])],
-            [f"validation loss (step {t['first_val_step']} to {t['last_val_step']})", num(t["first_val_loss"]),
-             num(t["last_val_loss"]), dec(t["val_loss_decrease_pct"])],
-            ["mean token accuracy (train batches)", pct(t["first_mean_token_accuracy"]),
-             pct(t["last_mean_token_accuracy"]), ""],
-        ]),
+        (
+            "table",
+            ["", "first", "last", "decrease"],
+            [
+                [
+                    "train loss (logged means)",
+                    num(t["first_train_loss"]),
+                    num(t["last_train_loss"]),
+                    dec(t["train_loss_decrease_pct"]),
+                ],
+                [
+                    f"validation loss (step {t['first_val_step']} to {t['last_val_step']})",
+                    num(t["first_val_loss"]),
+                    num(t["last_val_loss"]),
+                    dec(t["val_loss_decrease_pct"]),
+                ],
+                [
+                    "mean token accuracy (train batches)",
+                    pct(t["first_mean_token_accuracy"]),
+                    pct(t["last_mean_token_accuracy"]),
+                    "",
+                ],
+            ],
+        ),
         ("p", f"Curve verdict: {t['curve_verdict'].replace('_', ' ')}. {t['recommendation']}"),
-        ("note", "Mean token accuracy is a training metric: the share of answer tokens predicted right given the "
-                 "reference so far (teacher forcing). It is not answer accuracy; the section above is."),
-        ("p", f"Steps: {t['steps']}; best validation step: {t['best_step']}; early stopped: "
-              f"{'yes' if t['early_stopped'] else 'no'}; training tokens: {t['tokens']}; mean throughput: "
-              f"{num(t['tokens_per_s'], '.1f')} tokens/s."),
+        (
+            "note",
+            "Mean token accuracy is a training metric: the share of answer tokens predicted right given the "
+            "reference so far (teacher forcing). It is not answer accuracy; the section above is.",
+        ),
+        (
+            "p",
+            f"Steps: {t['steps']}; best validation step: {t['best_step']}; early stopped: "
+            f"{'yes' if t['early_stopped'] else 'no'}; training tokens: {t['tokens']}; mean throughput: "
+            f"{num(t['tokens_per_s'], '.1f')} tokens/s.",
+        ),
         ("img", "loss.png", "train and validation loss"),
         ("img", "token_accuracy.png", "mean token accuracy"),
     ]
@@ -198,19 +318,32 @@ def _categories(a: dict) -> list[Block]:
         return []
     names = [m["name"] for m in a["models"]]
     focus = names[-1]
-    headers = ["category", "rule"] + [f"n ({n})" for n in names] + [f"accuracy {n}" for n in names] + \
-              [f"wrong answers of {focus}", "share of its wrong"]
+    headers = (
+        ["category", "rule"]
+        + [f"n ({n})" for n in names]
+        + [f"accuracy {n}" for n in names]
+        + [f"wrong answers of {focus}", "share of its wrong"]
+    )
     rows = []
     for cat, e in f.items():
-        rows.append([cat.replace("_", " "), RULES.get(cat, "")] + [e[f"n_{n}"] for n in names] +
-                    [pct(e[f"accuracy_{n}"]) for n in names] + [e["count"], pct(e["share_of_wrong"])])
-    steps_rows = [[r["steps"], r["n"]] + [f"{r[f'correct_{n}']}/{r[f'n_{n}']} ({pct(r[f'accuracy_{n}'])})"
-                                        for n in names] for r in a["by_steps"]]
+        rows.append(
+            [cat.replace("_", " "), RULES.get(cat, "")]
+            + [e[f"n_{n}"] for n in names]
+            + [pct(e[f"accuracy_{n}"]) for n in names]
+            + [e["count"], pct(e["share_of_wrong"])]
+        )
+    steps_rows = [
+        [r["steps"], r["n"]] + [f"{r[f'correct_{n}']}/{r[f'n_{n}']} ({pct(r[f'accuracy_{n}'])})" for n in names]
+        for r in a["by_steps"]
+    ]
     return [
         ("h2", "What improved and what did not"),
-        ("p", "Categories are deterministic rules, several per question (docs/analysis-schema.md). Question "
-              "categories hold for every model; answer categories are per model, so each model's n differs there. "
-              f"Counts of wrong answers are {focus}'s."),
+        (
+            "p",
+            "Categories are deterministic rules, several per question (docs/analysis-schema.md). Question "
+            "categories hold for every model; answer categories are per model, so each model's n differs there. "
+            f"Counts of wrong answers are {focus}'s.",
+        ),
         ("table", headers, rows),
         ("img", "categories.png", "accuracy by question category"),
         ("h3", "By number of steps in the reference solution"),
@@ -223,10 +356,15 @@ def _examples(a: dict) -> list[Block]:
     f, ex = a.get("failures"), a.get("examples", {})
     if not f or not ex:
         return []
-    out: list[Block] = [("h2", "Failure examples"),
-                        ("p", f"Up to three wrong answers of {a['models'][-1]['name']} per category, in the order of its "
-                              "predictions file. "
-                              "False equations are marked with the value of the side that was computed.")]
+    out: list[Block] = [
+        ("h2", "Failure examples"),
+        (
+            "p",
+            f"Up to three wrong answers of {a['models'][-1]['name']} per category, in the order of its "
+            "predictions file. "
+            "False equations are marked with the value of the side that was computed.",
+        ),
+    ]
     for cat, e in f.items():
         if e["examples"]:
             out.append(("h3", f"{cat.replace('_', ' ')} ({e['count']} wrong answers)"))
@@ -240,19 +378,27 @@ def _cost(a: dict) -> list[Block]:
         return []
     rows = [[k, f"{v:.1f}"] for k, v in c["stages_seconds"].items()] + [["total", f"{c['wall_seconds']:.1f}"]]
     if c["gpus"]:
-        text = (f"{c['gpus']} x {c['device']}: {c['gpu_hours']:.3f} GPU-hours at ${c['price_per_gpu_hour']:.2f} per "
-                f"GPU-hour ({c['price_source']}{', ' + c['price_date'] if c['price_date'] else ''}): "
-                f"${c['dollars']:.2f}.")
+        text = (
+            f"{c['gpus']} x {c['device']}: {c['gpu_hours']:.3f} GPU-hours at ${c['price_per_gpu_hour']:.2f} per "
+            f"GPU-hour ({c['price_source']}{', ' + c['price_date'] if c['price_date'] else ''}): "
+            f"${c['dollars']:.2f}."
+        )
     else:
-        text = (f"A CPU run: $0 of GPU time; wall time {c['wall_seconds'] / 60:.1f} minutes on {c['device']}"
-                + (f", costed at ${c['price_per_gpu_hour']:.2f}/h: ${c['dollars']:.2f}." if c["dollars"] else "."))
+        text = f"A CPU run: $0 of GPU time; wall time {c['wall_seconds'] / 60:.1f} minutes on {c['device']}" + (
+            f", costed at ${c['price_per_gpu_hour']:.2f}/h: ${c['dollars']:.2f}." if c["dollars"] else "."
+        )
     blocks = [("h2", "Cost"), ("table", ["stage", "wall time (s)"], rows), ("p", text)]
     p = c.get("predicted") or {}
     if "train_seconds" in p:
         actual = c["stages_seconds"]
-        blocks.append(("p", f"Predicted before the run by mathtune estimate: training {p['train_seconds']:.0f} s "
-                            f"(actual {actual.get('train', 0):.0f} s), evaluation {p['eval_seconds']:.0f} s (actual "
-                            f"{actual.get('eval', 0):.0f} s), ${p['dollars']:.2f}. Basis: {p['basis']}."))
+        blocks.append(
+            (
+                "p",
+                f"Predicted before the run by mathtune estimate: training {p['train_seconds']:.0f} s "
+                f"(actual {actual.get('train', 0):.0f} s), evaluation {p['eval_seconds']:.0f} s (actual "
+                f"{actual.get('eval', 0):.0f} s), ${p['dollars']:.2f}. Basis: {p['basis']}.",
+            )
+        )
     return blocks
 
 
@@ -262,14 +408,27 @@ def _reproducibility(a: dict) -> list[Block]:
         return []
     d = r["data"]
     packages = ", ".join(f"{k} {v}" for k, v in r["packages"].items() if v)
-    return [("h2", "Reproducibility"), ("table", ["", ""], [
-        ["model", r["model"]], ["config hash", r["config_hash"]], ["git commit", r["git_commit"] or "unknown"],
-        ["seeds", ", ".join(f"{k} {v}" for k, v in r["seeds"].items())],
-        ["data", f"{d['source']} ({d['location']}): {d['rows_before_split']} rows before the split, {d['train']} "
-                 f"train, {d['val']} validation; test {d['test_source']}, {d['test']} questions"],
-        ["machine", f"{r['gpu'] or r['cpu']} ({r['cores']} cores), python {r['python']}"],
-        ["packages", packages], ["started / finished", f"{r['started']} / {r['finished']}"],
-    ])]
+    return [
+        ("h2", "Reproducibility"),
+        (
+            "table",
+            ["", ""],
+            [
+                ["model", r["model"]],
+                ["config hash", r["config_hash"]],
+                ["git commit", r["git_commit"] or "unknown"],
+                ["seeds", ", ".join(f"{k} {v}" for k, v in r["seeds"].items())],
+                [
+                    "data",
+                    f"{d['source']} ({d['location']}): {d['rows_before_split']} rows before the split, {d['train']} "
+                    f"train, {d['val']} validation; test {d['test_source']}, {d['test']} questions",
+                ],
+                ["machine", f"{r['gpu'] or r['cpu']} ({r['cores']} cores), python {r['python']}"],
+                ["packages", packages],
+                ["started / finished", f"{r['started']} / {r['finished']}"],
+            ],
+        ),
+    ]
 
 
 def _runs(a: dict) -> list[Block]:
@@ -283,13 +442,22 @@ def _runs(a: dict) -> list[Block]:
     if ta and tb:
         dec = lambda x: "n/a" if x is None else f"{x:.1f}%"  # noqa: E731
         rows = [
-            ["validation loss first / last", f"{num(ta['first_val_loss'])} / {num(ta['last_val_loss'])}",
-             f"{num(tb['first_val_loss'])} / {num(tb['last_val_loss'])}"],
+            [
+                "validation loss first / last",
+                f"{num(ta['first_val_loss'])} / {num(ta['last_val_loss'])}",
+                f"{num(tb['first_val_loss'])} / {num(tb['last_val_loss'])}",
+            ],
             ["validation loss decrease", dec(ta["val_loss_decrease_pct"]), dec(tb["val_loss_decrease_pct"])],
-            ["train loss first / last", f"{num(ta['first_train_loss'])} / {num(ta['last_train_loss'])}",
-             f"{num(tb['first_train_loss'])} / {num(tb['last_train_loss'])}"],
-            ["mean token accuracy last (train batches)", pct(ta["last_mean_token_accuracy"]),
-             pct(tb["last_mean_token_accuracy"])],
+            [
+                "train loss first / last",
+                f"{num(ta['first_train_loss'])} / {num(ta['last_train_loss'])}",
+                f"{num(tb['first_train_loss'])} / {num(tb['last_train_loss'])}",
+            ],
+            [
+                "mean token accuracy last (train batches)",
+                pct(ta["last_mean_token_accuracy"]),
+                pct(tb["last_mean_token_accuracy"]),
+            ],
             ["steps (best)", f"{ta['steps']} ({ta['best_step']})", f"{tb['steps']} ({tb['best_step']})"],
             ["tokens/s", num(ta["tokens_per_s"], ".1f"), num(tb["tokens_per_s"], ".1f")],
             ["curve verdict", ta["curve_verdict"], tb["curve_verdict"]],
@@ -302,12 +470,23 @@ def document(a: dict, images: set[str]) -> list[Block]:
     out: list[Block] = [("h1", f"mathtune report: {a['title']}")]
     out += [("note", f"Warning: {w}") for w in a.get("warnings", [])]
     out += [("note", f"Warning: {w}") for w in a.get("reproducibility", {}).get("data", {}).get("warnings", [])]
-    out += (_headline(a) + _calculator(a) + _runs(a) + _training(a.get("training")) + _behaviour(a) + _changes(a)
-            + _categories(a) + _examples(a) + _cost(a) + _reproducibility(a))
+    out += (
+        _headline(a)
+        + _calculator(a)
+        + _runs(a)
+        + _training(a.get("training"))
+        + _behaviour(a)
+        + _changes(a)
+        + _categories(a)
+        + _examples(a)
+        + _cost(a)
+        + _reproducibility(a)
+    )
     return [b for b in out if b[0] != "img" or b[1] in images]
 
 
 # Markdown -------------------------------------------------------------------------------------------------
+
 
 def _md_cell(x) -> str:
     return str(x).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
@@ -324,13 +503,23 @@ def _fence(text: str) -> str:
 
 
 def _md_example(e: dict) -> list[str]:
-    lines = [f"**{_md_text(e['id'])}**: {_md_text(e['question'])}", "",
-             f"Reference: {_md_text(e['reference'].split('####')[-1].strip())}", ""]
+    lines = [
+        f"**{_md_text(e['id'])}**: {_md_text(e['question'])}",
+        "",
+        f"Reference: {_md_text(e['reference'].split('####')[-1].strip())}",
+        "",
+    ]
     for name, ans in e["answers"].items():
         mark = "right" if ans["correct"] else "wrong"
-        lines += [f"{_md_text(name)} ({mark}, extracted {_md_text(ans['extracted'])}):", "", _fence(ans["completion"]), ""]
-        lines += [f"- false equation: `{_md_cell(q['equation'])}` ({_md_cell(_says(q))})"
-                  for q in ans["false_equations"]]
+        lines += [
+            f"{_md_text(name)} ({mark}, extracted {_md_text(ans['extracted'])}):",
+            "",
+            _fence(ans["completion"]),
+            "",
+        ]
+        lines += [
+            f"- false equation: `{_md_cell(q['equation'])}` ({_md_cell(_says(q))})" for q in ans["false_equations"]
+        ]
         lines += [""] if ans["false_equations"] else []
     return lines
 
@@ -367,8 +556,11 @@ def _start(question: str, words: int = 14) -> str:
 def _md_changes(c: dict) -> list[str]:
     rows = c["rows"]
     lines = [f"| id | question | reference | {_md_cell(c['a'])} | {_md_cell(c['b'])} |", "|---|---|---|---|---|"]
-    lines += [f"| {_md_cell(r['id'])} | {_md_cell(_start(r['question']))} | {_md_cell(r['reference'])} | "
-              f"{_md_cell(r['extracted_a'])} | {_md_cell(r['extracted_b'])} |" for r in rows[:MD_CHANGES]]
+    lines += [
+        f"| {_md_cell(r['id'])} | {_md_cell(_start(r['question']))} | {_md_cell(r['reference'])} | "
+        f"{_md_cell(r['extracted_a'])} | {_md_cell(r['extracted_b'])} |"
+        for r in rows[:MD_CHANGES]
+    ]
     if len(rows) > MD_CHANGES:
         lines.append(f"\n{len(rows) - MD_CHANGES} more in analysis.json (`changes`) and in report.html.")
     return lines + [""]
@@ -411,14 +603,18 @@ def _highlight(completion: str, equations: list[dict]) -> str:
 
 
 def _html_example(e: dict) -> str:
-    parts = [f"<div class='example'><p><b>{html.escape(e['id'])}</b>: {html.escape(e['question'])}</p>",
-             f"<p>Reference: {html.escape(e['reference'].split('####')[-1].strip())}</p>"]
+    parts = [
+        f"<div class='example'><p><b>{html.escape(e['id'])}</b>: {html.escape(e['question'])}</p>",
+        f"<p>Reference: {html.escape(e['reference'].split('####')[-1].strip())}</p>",
+    ]
     for name, ans in e["answers"].items():
         mark = "right" if ans["correct"] else "wrong"
         parts.append(f"<p>{html.escape(name)} ({mark}, extracted {html.escape(str(ans['extracted']))}):</p>")
         parts.append(f"<pre>{_highlight(ans['completion'], ans['false_equations'])}</pre>")
-        parts += [f"<p>False equation: <code>{html.escape(q['equation'])}</code> ({html.escape(_says(q))})</p>"
-                  for q in ans["false_equations"]]
+        parts += [
+            f"<p>False equation: <code>{html.escape(q['equation'])}</code> ({html.escape(_says(q))})</p>"
+            for q in ans["false_equations"]
+        ]
     return "".join(parts) + "</div>"
 
 
@@ -427,12 +623,16 @@ def _html_changes(c: dict) -> str:
     a, b = html.escape(c["a"]), html.escape(c["b"])
     rows = []
     for r in c["rows"]:
-        summary = (f"<b>{html.escape(r['id'])}</b>: {html.escape(_start(r['question']))} (reference "
-                   f"{html.escape(str(r['reference']))}; {a}: {html.escape(str(r['extracted_a']))}; "
-                   f"{b}: {html.escape(str(r['extracted_b']))})")
-        rows.append(f"<details><summary>{summary}</summary><p>{html.escape(r['question'])}</p><div class='pair'>"
-                    f"<div><p>{a}</p><pre>{html.escape(r['completion_a'])}</pre></div>"
-                    f"<div><p>{b}</p><pre>{html.escape(r['completion_b'])}</pre></div></div></details>")
+        summary = (
+            f"<b>{html.escape(r['id'])}</b>: {html.escape(_start(r['question']))} (reference "
+            f"{html.escape(str(r['reference']))}; {a}: {html.escape(str(r['extracted_a']))}; "
+            f"{b}: {html.escape(str(r['extracted_b']))})"
+        )
+        rows.append(
+            f"<details><summary>{summary}</summary><p>{html.escape(r['question'])}</p><div class='pair'>"
+            f"<div><p>{a}</p><pre>{html.escape(r['completion_a'])}</pre></div>"
+            f"<div><p>{b}</p><pre>{html.escape(r['completion_b'])}</pre></div></div></details>"
+        )
     return "<div class='changes'>" + "".join(rows) + "</div>"
 
 
@@ -458,5 +658,7 @@ def to_html(blocks: list[Block], images: dict[str, bytes]) -> str:
         elif kind == "changes":
             body.append(_html_changes(b[1]))
     title = html.escape(blocks[0][1]) if blocks else "mathtune report"
-    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

@@ -32,4 +32,5 @@ class NonFiniteGuard(TrainerCallback):
                 loss = "" if self.last_loss is None or math.isfinite(self.last_loss) else f", loss {self.last_loss}"
                 raise MathtuneError(
                     f"training stopped at step {step}: non-finite gradient in {name}{loss}; the weights were not "
-                    f"updated and {where} (lower train.learning_rate, or check the data, then rerun)")
+                    f"updated and {where} (lower train.learning_rate, or check the data, then rerun)"
+                )

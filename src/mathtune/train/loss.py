@@ -60,6 +60,9 @@ class CompletionLossTrainer(SFTTrainer):
 
     def _tokens_in(self, inputs) -> int:
         """Non-padding tokens of the micro-batch, all processes (what TRL counts: the mask sum, or the packed length)."""
-        local = inputs["attention_mask"].sum() if "attention_mask" in inputs else inputs["position_ids"].new_tensor(
-            inputs["position_ids"].size(1))
+        local = (
+            inputs["attention_mask"].sum()
+            if "attention_mask" in inputs
+            else inputs["position_ids"].new_tensor(inputs["position_ids"].size(1))
+        )
         return int(self.accelerator.gather_for_metrics(local.view(1)).sum().item())

@@ -17,8 +17,14 @@ class MetricsLogger(TrainerCallback):
     time spent training since the previous train row; evaluation time is subtracted.
     """
 
-    def __init__(self, path: Path, price_per_hour: float, is_main: bool = True, resumed: bool = False,
-                 elapsed_before: float = 0.0):
+    def __init__(
+        self,
+        path: Path,
+        price_per_hour: float,
+        is_main: bool = True,
+        resumed: bool = False,
+        elapsed_before: float = 0.0,
+    ):
         self.path = Path(path)
         self.price_per_hour = price_per_hour
         self.is_main = is_main

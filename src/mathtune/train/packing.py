@@ -31,9 +31,19 @@ def packed_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     bounds = row_bounds(kwargs.get("cu_seq_lens_q"), kwargs.get("position_ids"), query.shape[2])
     if attention_mask is not None or query.shape[0] != 1 or key.shape[2] != query.shape[2] or len(bounds) == 2:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
-    rows = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
-                                   dropout=dropout, scaling=scaling, is_causal=True)[0]
-            for a, b in zip(bounds[:-1], bounds[1:])]
+    rows = [
+        sdpa_attention_forward(
+            module,
+            query[:, :, a:b],
+            key[:, :, a:b],
+            value[:, :, a:b],
+            None,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=True,
+        )[0]
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
     return torch.cat(rows, dim=1), None  # (batch, sequence, heads, head_dim), as sdpa_attention_forward returns
 
 

@@ -89,8 +89,14 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint. The Trainer writes trainer_state.json last (after the adapter, optimizer,
     scheduler and RNG states), so a checkpoint whose state file is missing or torn was cut by a crash: skipped."""
     folder = run_dir / "checkpoints"
-    steps = sorted(((int(c.name.split("-")[-1]), c) for c in folder.glob("checkpoint-*")
-                    if c.name.split("-")[-1].isdigit()), reverse=True) if folder.is_dir() else []
+    steps = (
+        sorted(
+            ((int(c.name.split("-")[-1]), c) for c in folder.glob("checkpoint-*") if c.name.split("-")[-1].isdigit()),
+            reverse=True,
+        )
+        if folder.is_dir()
+        else []
+    )
     for _, ckpt in steps:
         try:
             json.loads((ckpt / "trainer_state.json").read_text())
@@ -124,8 +130,14 @@ def make_trainer(cfg, device: str, tokenizer, args, train_dataset, eval_dataset=
 
         use_packed_attention(model)
     trainer_class = CompletionLossTrainer if device == "cpu" else SFTTrainer
-    trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                            processing_class=tokenizer, callbacks=list(callbacks))
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
     trainer.remove_callback(PrinterCallback)  # with disable_tqdm, it would print every log dict: metrics.jsonl has them
     if trainer.args.padding_free:
         _truncate_rows(trainer, cfg.train.max_length)
@@ -160,14 +172,28 @@ def run_train(cfg, run_dir: Path) -> dict:
     barrier()
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
     price = hourly_price(cfg.cost.model_dump(), gpu, rank_and_world()[1])["price_per_hour"]  # one GPU per process
-    before = read_jsonl(run_dir / "metrics.jsonl", True) if resume_from and (run_dir / "metrics.jsonl").is_file() else []
-    logger = MetricsLogger(run_dir / "metrics.jsonl", price, is_main, resumed=bool(resume_from),
-                           elapsed_before=before[-1]["elapsed_s"] if before else 0.0)
+    before = (
+        read_jsonl(run_dir / "metrics.jsonl", True) if resume_from and (run_dir / "metrics.jsonl").is_file() else []
+    )
+    logger = MetricsLogger(
+        run_dir / "metrics.jsonl",
+        price,
+        is_main,
+        resumed=bool(resume_from),
+        elapsed_before=before[-1]["elapsed_s"] if before else 0.0,
+    )
     callbacks = [logger, NonFiniteGuard(run_dir / "checkpoints")] + ([TrainProgress()] if is_main else [])
     if cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    trainer = make_trainer(cfg, device, tokenizer, sft_args(cfg, run_dir, device, resuming=bool(resume_from)),
-                           to_ds(train_rows), to_ds(val_rows), callbacks)
+    trainer = make_trainer(
+        cfg,
+        device,
+        tokenizer,
+        sft_args(cfg, run_dir, device, resuming=bool(resume_from)),
+        to_ds(train_rows),
+        to_ds(val_rows),
+        callbacks,
+    )
     attach(trainer, cfg, run_dir)
     if resume_from:
         print(f"mathtune: resuming training from {resume_from}")
@@ -179,7 +205,8 @@ def run_train(cfg, run_dir: Path) -> dict:
         raise MathtuneError(
             f"CUDA out of memory training with train.batch_size={t.batch_size} and train.max_length={t.max_length}: "
             f"lower train.batch_size (raise train.grad_accum to keep the effective batch), lower train.max_length, "
-            f"or set train.gradient_checkpointing=true; then rerun with --resume") from None
+            f"or set train.gradient_checkpointing=true; then rerun with --resume"
+        ) from None
     seconds = time.time() - start
     state = trainer.state
     planned = state.max_steps
@@ -212,6 +239,7 @@ def run_train(cfg, run_dir: Path) -> dict:
 def _truncate_rows(trainer, max_length: int) -> None:
     """TRL leaves padding-free rows untruncated: cut them at train.max_length as it cuts padded ones (keep the start,
     drop a row left with no answer token), so that every layout trains on the same tokens."""
+
     def cut(row):
         n = len(row["input_ids"])
         return {k: v[:max_length] for k, v in row.items() if isinstance(v, list) and len(v) == n}
@@ -228,4 +256,3 @@ def _step_of(checkpoint: str | None) -> int | None:
         return None
     tail = Path(checkpoint).name.split("-")[-1]
     return int(tail) if tail.isdigit() else None
-

@@ -16,10 +16,12 @@ from pathlib import Path
 
 from mathtune.errors import MathtuneError
 
-INSTALL = {"tensorboard": ("tensorboard", "pip install 'mathtune[tensorboard]'"),
-           "mlflow": ("mlflow", "pip install 'mathtune[mlflow]'"),
-           "wandb": ("wandb", "pip install wandb"),
-           "trackio": ("trackio", "pip install trackio")}
+INSTALL = {
+    "tensorboard": ("tensorboard", "pip install 'mathtune[tensorboard]'"),
+    "mlflow": ("mlflow", "pip install 'mathtune[mlflow]'"),
+    "wandb": ("wandb", "pip install wandb"),
+    "trackio": ("trackio", "pip install trackio"),
+}
 
 
 def trackers(cfg) -> list[str]:
