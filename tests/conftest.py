@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,3 +19,14 @@ def gsm8k() -> Path:
 @pytest.fixture(scope="session")
 def tiny_overrides(gsm8k) -> list[str]:
     return [f"data.path={gsm8k}"]
+
+
+def mathtune_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """`python -m mathtune.cli ARGS` in its own process, as a user runs it (exit code, stdout, stderr)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mathtune.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )

@@ -242,3 +242,62 @@ def test_lm_eval_log_samples_are_read(tmp_path, gsm8k):
     assert [r["id"] for r in rows] == ["test-0", "test-1", "test-2"]  # GSM8K test ids: they pair with mathtune's
     a = analyze({"lm-eval": rows})
     assert a["models"][0]["correct"] == 2 and a["models"][0]["n"] == 3
+
+
+@pytest.mark.slow
+def test_a_real_lm_eval_run_goes_through_the_paired_report(tmp_path, gsm8k):
+    """lm-evaluation-harness itself (`lm_eval --model hf`, bench/eval_vs_lm_eval.py's local gsm8k task) on the tiny
+    model, then its --log_samples file against mathtune's own answers: `mathtune analyze` pairs them by question."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "vs.json"
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "eval_vs_lm_eval.py"),
+            "--model",
+            "tiny-random-llama",
+            "--limit",
+            "3",
+            "--max-new-tokens",
+            "8",
+            "--lm-eval-batch",
+            "3",
+            "--mathtune-batch",
+            "3",
+            "--gsm8k",
+            str(gsm8k),
+            "--keep",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["n"] == 3 and r["ratio"] > 0 and 0 <= r["graded_the_same_strict"] <= 3
+    [samples] = list((tmp_path / "work" / "lm_eval").rglob("samples_gsm8k_local_*.jsonl"))
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mathtune.cli",
+            "analyze",
+            str(samples),
+            str(tmp_path / "work" / "mathtune.jsonl"),
+            "--names",
+            "lm-eval,mathtune",
+            "--out",
+            str(tmp_path / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    analysis = json.loads((tmp_path / "report" / "analysis.json").read_text())
+    assert analysis["comparison"]["n"] == 3 and [m["name"] for m in analysis["models"]] == ["lm-eval", "mathtune"]

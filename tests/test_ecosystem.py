@@ -1,8 +1,6 @@
 """Fitting the ecosystem: experiment trackers, a merged-model export with a model card, packaging ranges, clean logs."""
 
 import re
-import subprocess
-import sys
 
 import pytest
 import tomllib
@@ -11,14 +9,9 @@ import torch
 from mathtune.io import read_json
 
 from conftest import ROOT
+from conftest import mathtune_cli as mathtune
 
 TINY = ROOT / "configs" / "tiny.yaml"
-
-
-def mathtune(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "mathtune.cli", *map(str, args)], capture_output=True, text=True, timeout=600
-    )
 
 
 @pytest.fixture(scope="module")

@@ -13,19 +13,9 @@ from mathtune.io import read_json, read_jsonl
 from mathtune.run import STAGE_NAMES, STAGES, key_stage, later
 
 from conftest import ROOT
+from conftest import mathtune_cli as mathtune
 
 TINY = ROOT / "configs" / "tiny.yaml"
-
-
-def mathtune(*args, cwd=None, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "mathtune.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-        env=env,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -308,6 +308,17 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"train": {"epochs": 1}} -> {"train.epochs": 1}: a config (or any nested dict) as dotted keys."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def diff_keys(a: Config, b: Config) -> list[str]:
     """Dotted keys whose values differ between two configs (to refuse resuming with another config)."""
     da, db = a.model_dump(mode="json"), b.model_dump(mode="json")

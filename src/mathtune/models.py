@@ -88,67 +88,52 @@ def dequantize_gguf(folder: Path, gguf_file: str, out: Path) -> Path:
     return _write_folder_atomically(out, fill)
 
 
-def build_tiny_gemma2(out: Path) -> Path:
-    """A 2-layer Gemma-2 with random weights and SmolLM2's tokenizer: the reference study's architecture in small,
-    with its attention-logit and final-logit soft-capping, one sliding-window layer (window 32, so GSM8K prompts
-    exceed it) and one global layer, query_pre_attn_scalar: what eager attention and the static decoder must handle."""
-    import torch
-    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+# The tests' models: 2 layers, random weights (seed 0), SmolLM2's tokenizer and vocabulary.
+TINY_SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+)
+# The reference study's architecture in small: Gemma-2's attention-logit and final-logit soft-capping, one
+# sliding-window layer (window 32, so GSM8K prompts exceed it) and one global layer, query_pre_attn_scalar: what eager
+# attention and the static decoder must handle.
+TINY_GEMMA2_SHAPE = dict(
+    TINY_SHAPE,
+    head_dim=16,
+    query_pre_attn_scalar=16,
+    sliding_window=32,
+    layer_types=["sliding_attention", "full_attention"],
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+)
 
+
+def build_tiny(out: Path, architecture: str = "llama") -> Path:
+    """A 2-layer model with random weights and SmolLM2's tokenizer: the test suite's Llama, or its Gemma-2."""
+    import torch
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    config_class, model_class, shape = {
+        "llama": (LlamaConfig, LlamaForCausalLM, TINY_SHAPE),
+        "gemma2": (Gemma2Config, Gemma2ForCausalLM, TINY_GEMMA2_SHAPE),
+    }[architecture]
     tok_folder = ensure_local(SMOLLM2)
 
     def fill(tmp: Path) -> None:
         tok = AutoTokenizer.from_pretrained(tok_folder)
-        config = Gemma2Config(
+        config = config_class(
             vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            query_pre_attn_scalar=16,
-            sliding_window=32,
-            layer_types=["sliding_attention", "full_attention"],
-            attn_logit_softcapping=50.0,
-            final_logit_softcapping=30.0,
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
             bos_token_id=tok.bos_token_id,
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
+            **shape,
         )
         torch.manual_seed(0)
-        Gemma2ForCausalLM(config).save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-
-    return _write_folder_atomically(out, fill)
-
-
-def build_tiny(out: Path) -> Path:
-    """A 2-layer Llama with random weights and SmolLM2's tokenizer: the test suite's model."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok_folder = ensure_local(SMOLLM2)
-
-    def fill(tmp: Path) -> None:
-        tok = AutoTokenizer.from_pretrained(tok_folder)
-        config = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-        torch.manual_seed(0)
-        LlamaForCausalLM(config).save_pretrained(tmp, safe_serialization=True)
+        model_class(config).save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
 
     return _write_folder_atomically(out, fill)
@@ -167,10 +152,8 @@ def ensure_local(name: str) -> str:
     out = cache_dir() / name
     if (out / "config.json").is_file():
         return str(out)
-    if name == TINY:
-        return str(build_tiny(out))
-    if name == TINY_GEMMA2:
-        return str(build_tiny_gemma2(out))
+    if name in (TINY, TINY_GEMMA2):
+        return str(build_tiny(out, "llama" if name == TINY else "gemma2"))
     folder, gguf_file = _gguf_source(name)
     print(f"mathtune: dequantizing {gguf_file} once into {out}")
     return str(dequantize_gguf(folder, gguf_file, out))

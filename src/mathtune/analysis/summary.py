@@ -18,6 +18,7 @@ from mathtune.analysis.categories import (
 )
 from mathtune.analysis.curve import curve_verdict
 from mathtune.analysis.inputs import run_inputs
+from mathtune.config import flatten
 from mathtune.cost import hourly_price
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.extract import reference_value
@@ -402,16 +403,6 @@ def summarize_run(run_dir: Path) -> dict:
     return analysis
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def compare_runs(run_a: Path, run_b: Path) -> dict:
     """Two runs' fine-tuned models paired on common ids, with their config differences and training side by side."""
     names = [run_a.name or str(run_a), run_b.name or str(run_b)]
@@ -425,7 +416,7 @@ def compare_runs(run_a: Path, run_b: Path) -> dict:
         inputs[-1].pop("samples")
     preds = {n: i["preds"]["finetuned"] for n, i in zip(names, inputs)}
     analysis = analyze(preds)
-    flat = [_flatten(i["cfg"]) for i in inputs]
+    flat = [flatten(i["cfg"]) for i in inputs]
     analysis["runs"] = {
         "names": names,
         "config_differences": [

@@ -14,6 +14,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from mathtune.config import flatten
 from mathtune.errors import MathtuneError
 
 INSTALL = {
@@ -40,16 +41,6 @@ def mlflow_uri(run_dir: Path) -> str:
         return os.environ["MLFLOW_TRACKING_URI"]
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # read by mlflow when it opens the file store
     return Path(run_dir).resolve().joinpath("mlruns").as_uri()
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def attach(trainer, cfg, run_dir: Path) -> None:
