@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,7 +85,9 @@ def write_task(folder: Path, gsm8k: Path) -> Path:
 
 def run_lm_eval(model_path: str, task_dir: Path, out: Path, limit: int, batch: int, max_new: int) -> tuple[float, Path]:
     cmd = [
-        shutil.which("lm_eval") or "lm_eval",
+        sys.executable,  # the lm_eval of this interpreter, whether or not its bin folder is on PATH
+        "-m",
+        "lm_eval",
         "--model",
         "hf",
         "--model_args",

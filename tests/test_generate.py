@@ -19,7 +19,7 @@ def _answers(model, tok, prompts, decoder, stop=(), max_new=96):
     got = [None] * len(prompts)
     ids = [f"q-{i}" for i in range(len(prompts))]
     for i, [r] in decode(decoder, model, tok, prompts, ids, Decoding(max_new, tuple(stop)), len(prompts), decoder):
-        got[i] = tuple(r)
+        got[i] = (r.text, r.tokens, r.truncated)  # calculator_calls are tested in test_calculator.py
     return got
 
 

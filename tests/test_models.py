@@ -1,4 +1,5 @@
 import json
+import socket
 import time
 
 import pytest
@@ -46,8 +47,26 @@ def test_local_path_without_weights(tmp_path):
         models.ensure_local(str(tmp_path))
 
 
-def test_hub_ids_pass_through():
-    assert models.ensure_local("google/gemma-2-9b") == "google/gemma-2-9b"
+def test_hub_ids_pass_through_when_the_hub_answers(monkeypatch):
+    """A listening local socket stands in for the hub: the id is handed to transformers unchanged."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        assert models.ensure_local("google/gemma-2-9b") == "google/gemma-2-9b"
+
+
+def test_hub_ids_fail_at_once_when_the_hub_is_unreachable(monkeypatch):
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]  # closed again below: nothing listens there
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(MathtuneError, match="cannot be reached"):
+        models.ensure_local("google/gemma-2-9b")
+
+
+@pytest.mark.parametrize("name", ["/no/such/folder", "./missing", "a/b/c", "bad id!"])
+def test_missing_paths_and_bad_ids_name_the_key(name):
+    with pytest.raises(MathtuneError, match="model.name"):
+        models.ensure_local(name)
 
 
 @pytest.mark.slow

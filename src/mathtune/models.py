@@ -147,6 +147,8 @@ def ensure_local(name: str) -> str:
             if not (path / "config.json").is_file():
                 raise MathtuneError(f"model.name: {path} has no config.json (not a transformers model folder)")
             return str(path.resolve())
+        if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+            raise MathtuneError(f"model.name: {name} does not exist (a local folder, not a hub id)")
         check_hub(name)
         return name  # a hub id
     out = cache_dir() / name
@@ -173,8 +175,15 @@ def check_hub(name: str) -> None:
     """A hub id not in the local hub cache needs the hub. Unreachable, the hub client retries for a minute or two
     before giving up; this says so at once."""
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except HFValidationError as e:
+        raise MathtuneError(
+            f"model.name: {name!r} is not a local folder, an embedded model or a hub id ({e})"
+        ) from None
+    if isinstance(cached, str):
         return  # cached: transformers loads it offline
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or not hub_reachable():
