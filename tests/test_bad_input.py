@@ -300,4 +300,6 @@ if os.environ.get("MATHTUNE_DOC_TABLE"):  # regenerate docs/bad-input.md's rows:
                 timeout=600,
             )
             line = res.stderr.strip().splitlines()[-1].replace(str(case), "…").replace(str(GSM8K), "GSM8K")
-            print(f"| {name} | {res.returncode} | `{line}` |")
+            line = line.replace(f"{ROOT}/", "")
+            end = " " if line.endswith("`") else ""  # double backticks: some messages hold one
+            print(f"| {name} | {res.returncode} | ``{line}{end}`` |")

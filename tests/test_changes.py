@@ -146,6 +146,20 @@ def test_power_sentence_in_the_report():
     assert "all 1,319 GSM8K test questions would detect +-" in md
 
 
+def test_power_sentence_when_no_difference_could_reach_the_power():
+    """The demo's case: 100 questions, 2 + 4 discordant. Even 6 points (every discordant question one way) is below
+    80% power at n = 100, which is not the same as no discordant question at all."""
+    base = [row(i, i < 2) for i in range(100)]
+    ft = [row(i, 2 <= i < 6) for i in range(100)]
+    c = analyze({"base": base, "finetuned": ft})["comparison"]
+    assert (c["only_a"], c["only_b"]) == (2, 4) and c["power"]["detectable_diff"] is None
+    md = to_markdown(document(analyze({"base": base, "finetuned": ft}), set()))
+    assert "with 100 questions this comparison cannot detect any change: not even +-6.0 points" in md
+    assert "no question was answered right by one model only" not in md
+    same = analyze({"base": base, "finetuned": base})
+    assert "no question was answered right by one model only" in to_markdown(document(same, set()))
+
+
 # issue 16: the paired question set -----------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from mathtune.cost import hourly_price
 THROUGHPUT = {
     "cpu": {
         "params": 134_515_008,
-        "train_tokens_per_s": 262.28,
+        "train_tokens_per_s": 331.54,
         "train_source": "bench/results/train_throughput_cpu.json (mathtune_tokens_per_s)",
         "eval_tokens_per_s": 124.4,
         "eval_source": "bench/results/eval_full_test_split.json (tokens_per_s, batch 64)",

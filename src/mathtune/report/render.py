@@ -138,16 +138,22 @@ def _points(x: float | None) -> str:
 def _power_sentence(c: dict) -> str:
     """What this n could detect (alpha 0.05, 80% power, at the observed share of discordant pairs)."""
     p = c["power"]
-    if p["detectable_diff"] is None:
+    if p["discordant_share"] == 0:
         return (
             f"Power: no question was answered right by one model only, so this comparison cannot say what "
             f"difference {c['n']} questions could detect."
         )
-    text = (
+    head = (
         f"Power (paired, alpha {p['alpha']}, {100 * p['power']:.0f}% power, {pct(p['discordant_share'])} of "
-        f"questions discordant): with {c['n']} questions this comparison could detect changes of "
-        f"+-{_points(p['detectable_diff'])} points"
+        f"questions discordant): "
     )
+    if p["detectable_diff"] is None:  # even every discordant question going one way would not reach the power
+        text = head + (
+            f"with {c['n']} questions this comparison cannot detect any change: not even +-"
+            f"{_points(p['discordant_share'])} points, every discordant question going one way"
+        )
+    else:
+        text = head + f"with {c['n']} questions this comparison could detect changes of +-{_points(p['detectable_diff'])} points"
     if c["n"] < p["full_split_n"] and p["full_split_detectable_diff"] is not None:
         text += f"; all {p['full_split_n']:,} GSM8K test questions would detect +-{_points(p['full_split_detectable_diff'])}"
     if p["n_needed_for_observed"] is not None:
