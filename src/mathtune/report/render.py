@@ -153,7 +153,10 @@ def _power_sentence(c: dict) -> str:
             f"{_points(p['discordant_share'])} points, every discordant question going one way"
         )
     else:
-        text = head + f"with {c['n']} questions this comparison could detect changes of +-{_points(p['detectable_diff'])} points"
+        text = (
+            head
+            + f"with {c['n']} questions this comparison could detect changes of +-{_points(p['detectable_diff'])} points"
+        )
     if c["n"] < p["full_split_n"] and p["full_split_detectable_diff"] is not None:
         text += f"; all {p['full_split_n']:,} GSM8K test questions would detect +-{_points(p['full_split_detectable_diff'])}"
     if p["n_needed_for_observed"] is not None:
