@@ -178,3 +178,10 @@ def test_out_that_is_a_file_is_refused(tmp_path, gsm_rows):
     res = mathtune("analyze", path, "--out", path)
     assert res.returncode == 2 and "not a directory" in res.stderr
     assert read_jsonl(path)[0]["id"] == "test-0"  # untouched
+
+
+def test_markdown_escapes_text_but_not_code_spans():
+    from mathtune.report.render import _md_text
+
+    assert _md_text("after `<<EXPR=` comes <b>x</b>") == "after `<<EXPR=` comes &lt;b&gt;x&lt;/b&gt;"
+    assert _md_text("a lone ` and <i>") == "a lone ` and &lt;i&gt;"

@@ -502,8 +502,12 @@ def _md_cell(x) -> str:
 
 
 def _md_text(s: str) -> str:
-    """Data in running Markdown text: no raw HTML, no accidental emphasis or links."""
-    return html.escape(str(s), quote=False)
+    """Data in running Markdown text: no raw HTML, no accidental emphasis or links. Code spans are left as they are:
+    Markdown shows their content literally, so `<<EXPR=` escaped would read `&lt;&lt;EXPR=`."""
+    parts = re.split(r"(`[^`]+`)", str(s))
+    return "".join(
+        p if p.startswith("`") and p.endswith("`") and len(p) > 1 else html.escape(p, quote=False) for p in parts
+    )
 
 
 def _fence(text: str) -> str:
