@@ -21,7 +21,7 @@ def tiny_overrides(gsm8k) -> list[str]:
     return [f"data.path={gsm8k}"]
 
 
-def mathtune_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
+def mathtune_cli(*args, env=None, cwd=None, timeout=600) -> subprocess.CompletedProcess:
     """`python -m mathtune.cli ARGS` in its own process, as a user runs it (exit code, stdout, stderr)."""
     return subprocess.run(
         [sys.executable, "-m", "mathtune.cli", *map(str, args)],
@@ -29,4 +29,12 @@ def mathtune_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
         env=env,
+        cwd=cwd,
+    )
+
+
+def bench_script(name: str, *args, timeout=600) -> subprocess.CompletedProcess:
+    """`python bench/NAME ARGS` in its own process (exit code, stdout, stderr)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / name), *map(str, args)], capture_output=True, text=True, timeout=timeout
     )

@@ -1,8 +1,6 @@
 """`mathtune analyze` and `mathtune compare` on predictions files written by hand and on run directories."""
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
@@ -13,11 +11,11 @@ from mathtune.analysis.summary import analyze
 from mathtune.errors import MathtuneError
 from mathtune.io import read_jsonl
 
+from conftest import mathtune_cli
+
 
 def mathtune(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "mathtune.cli", *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd
-    )
+    return mathtune_cli(*args, cwd=cwd, timeout=300)
 
 
 def write_jsonl(path, rows):

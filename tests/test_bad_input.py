@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GSM8K, ROOT
+from conftest import GSM8K, ROOT, mathtune_cli
 
 TINY = ROOT / "configs" / "tiny.yaml"
 
@@ -241,13 +241,7 @@ def embedded_models_cached():
 def test_bad_input(tmp_path, name, argv, words):
     args = argv(tmp_path)
     before = snapshot(tmp_path)
-    res = subprocess.run(
-        [sys.executable, "-m", "mathtune.cli", *map(str, args)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    res = mathtune_cli(*args, cwd=tmp_path)
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
@@ -292,13 +286,7 @@ if os.environ.get("MATHTUNE_DOC_TABLE"):  # regenerate docs/bad-input.md's rows:
         for name, argv, _ in CASES:
             case = tmp_path / name.replace(" ", "_").replace(":", "")
             case.mkdir()
-            res = subprocess.run(
-                [sys.executable, "-m", "mathtune.cli", *map(str, argv(case))],
-                cwd=case,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
+            res = mathtune_cli(*argv(case), cwd=case)
             line = res.stderr.strip().splitlines()[-1].replace(str(case), "…").replace(str(GSM8K), "GSM8K")
             line = line.replace(f"{ROOT}/", "")
             end = " " if line.endswith("`") else ""  # double backticks: some messages hold one

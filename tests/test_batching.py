@@ -1,8 +1,5 @@
 """train.batching: every layout trains on the same rows per step with the same loss; only the speed differs."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -11,7 +8,7 @@ from mathtune.io import read_jsonl
 from mathtune.models import TINY, ensure_local
 from mathtune.train.stage import batching, sft_kwargs
 
-from conftest import ROOT
+from conftest import ROOT, mathtune_cli
 
 TINY_CFG = ROOT / "configs" / "tiny.yaml"
 
@@ -53,25 +50,17 @@ def test_packed_rows_attend_only_to_themselves():
 
 def _train_losses(tmp_path, gsm8k, layout: str) -> list[float]:
     out = tmp_path / layout
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mathtune.cli",
-            "run",
-            "--config",
-            str(TINY_CFG),
-            "--out",
-            str(out),
-            f"data.path={gsm8k}",
-            f"train.batching={layout}",
-            "lora.dropout=0",
-            "eval.limit=1",
-            "eval.base=false",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    res = mathtune_cli(
+        "run",
+        "--config",
+        str(TINY_CFG),
+        "--out",
+        str(out),
+        f"data.path={gsm8k}",
+        f"train.batching={layout}",
+        "lora.dropout=0",
+        "eval.limit=1",
+        "eval.base=false",
     )
     assert res.returncode == 0, res.stderr[-3000:]
     return [r["train_loss"] for r in read_jsonl(out / "metrics.jsonl") if "train_loss" in r]

@@ -3,33 +3,26 @@ Their figures are not checked here: speed lives in bench/results, measured on re
 
 import json
 import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, bench_script
 
 
 @pytest.mark.slow
 def test_gpu_training_benchmark_runs_on_a_2_layer_model_on_the_cpu(tmp_path, gsm8k):
     out = tmp_path / "gpu.json"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "train_throughput_gpu.py"),
-            "--tiny",
-            "--steps",
-            "2",
-            "--warmup",
-            "0",
-            "--gsm8k",
-            str(gsm8k),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    res = bench_script(
+        "train_throughput_gpu.py",
+        "--tiny",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--gsm8k",
+        str(gsm8k),
+        "--out",
+        str(out),
     )
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
@@ -41,26 +34,20 @@ def test_gpu_training_benchmark_runs_on_a_2_layer_model_on_the_cpu(tmp_path, gsm
 @pytest.mark.slow
 def test_cpu_training_benchmark_runs_each_setting_in_its_own_process(tmp_path, gsm8k):
     out = tmp_path / "cpu.json"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "train_throughput.py"),
-            "--config",
-            str(ROOT / "configs" / "tiny.yaml"),
-            "--rows",
-            "16",
-            "--steps",
-            "2",
-            "--gsm8k",
-            str(gsm8k),
-            "--only",
-            "baseline,mathtune,limit_256",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    res = bench_script(
+        "train_throughput.py",
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--rows",
+        "16",
+        "--steps",
+        "2",
+        "--gsm8k",
+        str(gsm8k),
+        "--only",
+        "baseline,mathtune,limit_256",
+        "--out",
+        str(out),
     )
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
@@ -93,23 +80,17 @@ def test_committed_results_have_their_fields():
 @pytest.mark.slow
 def test_gpu_generation_benchmark_runs_on_a_2_layer_model_on_the_cpu(tmp_path, gsm8k):
     out = tmp_path / "gen.json"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "eval_throughput_gpu.py"),
-            "--tiny",
-            "--n",
-            "6",
-            "--max-new-tokens",
-            "8",
-            "--gsm8k",
-            str(gsm8k),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    res = bench_script(
+        "eval_throughput_gpu.py",
+        "--tiny",
+        "--n",
+        "6",
+        "--max-new-tokens",
+        "8",
+        "--gsm8k",
+        str(gsm8k),
+        "--out",
+        str(out),
     )
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())

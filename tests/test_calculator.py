@@ -4,8 +4,6 @@ are untouched, both decoders agree, the evaluator is safe, and the calculator ar
 import builtins
 import json
 import re
-import subprocess
-import sys
 from fractions import Fraction
 
 import pytest
@@ -19,7 +17,7 @@ from mathtune.evaluate.decoder import Decoding, decode
 from mathtune.io import read_json, read_jsonl
 from mathtune.models import SMOLLM2, TINY, ensure_local
 
-from conftest import ROOT
+from conftest import ROOT, mathtune_cli
 
 ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
 
@@ -172,20 +170,16 @@ def test_a_true_annotation_is_written_as_it_was(tok):
 @pytest.mark.slow
 def test_calculator_arms_run_and_resume(tmp_path, gsm8k):
     run = tmp_path / "run"
-    args = [
-        sys.executable,
-        "-m",
-        "mathtune.cli",
+    res = mathtune_cli(
         "run",
         "--config",
-        str(ROOT / "configs" / "tiny.yaml"),
+        ROOT / "configs" / "tiny.yaml",
         "--out",
-        str(run),
+        run,
         f"data.path={gsm8k}",
         "eval.limit=4",
         "eval.calculator=true",
-    ]
-    res = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     names = sorted(p.name for p in (run / "predictions").glob("*.jsonl"))
     assert names == ["base-calculator.jsonl", "base.jsonl", "finetuned-calculator.jsonl", "finetuned.jsonl"]
@@ -207,12 +201,7 @@ def test_calculator_arms_run_and_resume(tmp_path, gsm8k):
     info = read_json(run / "eval.json")
     info.pop("finetuned-calculator")
     (run / "eval.json").write_text(json.dumps(info))
-    res = subprocess.run(
-        [sys.executable, "-m", "mathtune.cli", "run", "--resume", "--out", str(run)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    res = mathtune_cli("run", "--resume", "--out", run)
     assert res.returncode == 0, res.stderr[-3000:]
     assert [r["id"] for r in read_jsonl(arm)] == [r["id"] for r in rows]
     assert "mathtune: train: already done, skipped" in res.stdout

@@ -13,7 +13,7 @@ from mathtune.analysis.summary import analyze, pick_examples
 from mathtune.evaluate.stats import mcnemar_detectable, mcnemar_n_needed
 from mathtune.report.render import MD_CHANGES, document, to_html, to_markdown
 
-from conftest import ROOT
+from conftest import ROOT, bench_script, mathtune_cli
 
 LABELLED = [json.loads(line) for line in (ROOT / "tests" / "data" / "graded_completions.jsonl").open()]
 DEMO = {
@@ -262,54 +262,40 @@ def test_lm_eval_log_samples_are_read(tmp_path, gsm8k):
 def test_a_real_lm_eval_run_goes_through_the_paired_report(tmp_path, gsm8k):
     """lm-evaluation-harness itself (`lm_eval --model hf`, bench/eval_vs_lm_eval.py's local gsm8k task) on the tiny
     model, then its --log_samples file against mathtune's own answers: `mathtune analyze` pairs them by question."""
-    import subprocess
-    import sys
 
     out = tmp_path / "vs.json"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "eval_vs_lm_eval.py"),
-            "--model",
-            "tiny-random-llama",
-            "--limit",
-            "3",
-            "--max-new-tokens",
-            "8",
-            "--lm-eval-batch",
-            "3",
-            "--mathtune-batch",
-            "3",
-            "--gsm8k",
-            str(gsm8k),
-            "--keep",
-            str(tmp_path / "work"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
+    res = bench_script(
+        "eval_vs_lm_eval.py",
+        "--model",
+        "tiny-random-llama",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "8",
+        "--lm-eval-batch",
+        "3",
+        "--mathtune-batch",
+        "3",
+        "--gsm8k",
+        str(gsm8k),
+        "--keep",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
         timeout=900,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["n"] == 3 and r["ratio"] > 0 and 0 <= r["graded_the_same_strict"] <= 3
     [samples] = list((tmp_path / "work" / "lm_eval").rglob("samples_gsm8k_local_*.jsonl"))
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mathtune.cli",
-            "analyze",
-            str(samples),
-            str(tmp_path / "work" / "mathtune.jsonl"),
-            "--names",
-            "lm-eval,mathtune",
-            "--out",
-            str(tmp_path / "report"),
-        ],
-        capture_output=True,
-        text=True,
+    res = mathtune_cli(
+        "analyze",
+        str(samples),
+        str(tmp_path / "work" / "mathtune.jsonl"),
+        "--names",
+        "lm-eval,mathtune",
+        "--out",
+        str(tmp_path / "report"),
         timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]

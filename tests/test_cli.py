@@ -1,17 +1,12 @@
 """Bad input: one line on stderr, exit code 2, no traceback."""
 
-import subprocess
-import sys
-
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, mathtune_cli
 
 
 def mathtune(*args, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, "-m", "mathtune.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+    return mathtune_cli(*args, cwd=cwd, timeout=300)
 
 
 def assert_clean_error(res, *words):

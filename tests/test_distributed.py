@@ -9,7 +9,7 @@ import pytest
 
 from mathtune.io import read_jsonl
 
-from conftest import ROOT
+from conftest import ROOT, mathtune_cli
 
 TINY = ROOT / "configs" / "tiny.yaml"
 # Global batch 4 either way: one process x 4 rows, or two processes x 2 rows. Dropout off, so the two runs differ
@@ -21,23 +21,8 @@ TOLERANCE = 1e-4  # relative, on every logged training loss
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path, gsm8k):
     single, multi = tmp_path / "single", tmp_path / "ddp"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mathtune.cli",
-            "run",
-            "--config",
-            str(TINY),
-            "--out",
-            str(single),
-            f"data.path={gsm8k}",
-            "train.batch_size=4",
-            *COMMON,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    res = mathtune_cli(
+        "run", "--config", str(TINY), "--out", str(single), f"data.path={gsm8k}", "train.batch_size=4", *COMMON
     )
     assert res.returncode == 0, res.stderr[-3000:]
     # `accelerate launch`, from this interpreter's environment

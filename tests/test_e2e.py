@@ -10,15 +10,13 @@ import pytest
 from mathtune.evaluate.extract import extract_answer, is_correct
 from mathtune.io import read_jsonl
 
-from conftest import ROOT
+from conftest import ROOT, mathtune_cli
 
 PRED_FIELDS = {"id", "question", "reference", "completion", "extracted", "correct", "generated_tokens", "truncated"}
 
 
 def mathtune(*args, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, "-m", "mathtune.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
+    return mathtune_cli(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -13,7 +11,7 @@ from mathtune.data.sources import from_jsonl
 from mathtune.estimate import GPUS, THROUGHPUT, count_tokens, estimate, throughput, train_steps
 from mathtune.models import load_tokenizer
 
-from conftest import ROOT
+from conftest import ROOT, mathtune_cli
 
 
 def test_cpu_figures_are_the_committed_benchmarks():
@@ -60,14 +58,7 @@ def test_gpu_estimate_follows_the_flop_model():
 
 def _estimate(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # no network here: fail over to the proxy tokenizer at once
-    return subprocess.run(
-        [sys.executable, "-m", "mathtune.cli", "estimate", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=ROOT,
-    )
+    return mathtune_cli("estimate", *args, env=env, cwd=ROOT)
 
 
 @pytest.mark.slow

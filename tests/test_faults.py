@@ -1,37 +1,26 @@
 """Numerical and memory faults: a one-line error that says what happened and what to change, nothing lost."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from mathtune.errors import MathtuneError
 from mathtune.evaluate.stage import oom_explained
 
-from conftest import ROOT
+from conftest import ROOT, mathtune_cli
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_good_checkpoint(tmp_path, gsm8k):
     out = tmp_path / "run"
     # Adam moves each weight by about the learning rate on its first step: 1e30 overflows the next forward pass.
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mathtune.cli",
-            "run",
-            "--config",
-            str(ROOT / "configs" / "tiny.yaml"),
-            "--out",
-            str(out),
-            f"data.path={gsm8k}",
-            "train.learning_rate=1e30",
-            "train.eval_steps=1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    res = mathtune_cli(
+        "run",
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--out",
+        str(out),
+        f"data.path={gsm8k}",
+        "train.learning_rate=1e30",
+        "train.eval_steps=1",
     )
     assert res.returncode == 2, res.stderr[-3000:]
     line = res.stderr.strip().splitlines()[-1]  # progress bars are closed first: the error is the last line
@@ -98,23 +87,8 @@ def test_a_run_writes_only_its_run_directory_and_caches(tmp_path, gsm8k):
         MPLCONFIGDIR=str(home / ".cache" / "matplotlib"),
     )
     env.pop("HF_HOME", None)
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mathtune.cli",
-            "run",
-            "--config",
-            str(ROOT / "configs" / "tiny.yaml"),
-            "--out",
-            "run",
-            f"data.path={gsm8k}",
-        ],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    res = mathtune_cli(
+        "run", "--config", str(ROOT / "configs" / "tiny.yaml"), "--out", "run", f"data.path={gsm8k}", cwd=cwd, env=env
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert [p.name for p in cwd.iterdir()] == ["run"]

@@ -1,16 +1,13 @@
 """The reference study's architecture through every stage on the CPU: a 2-layer Gemma-2 with random weights, its
 attention-logit and final-logit soft-capping, a sliding-window layer shorter than the prompts, eager attention."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from mathtune.io import read_json, read_jsonl
 from mathtune.models import TINY_GEMMA2, ensure_local
 
-from conftest import ROOT
+from conftest import ROOT, mathtune_cli
 
 
 def test_tiny_gemma2_has_the_reference_architecture():
@@ -31,21 +28,8 @@ def test_tiny_gemma2_has_the_reference_architecture():
 @pytest.mark.slow
 def test_tiny_gemma2_runs_every_stage(tmp_path, gsm8k):
     run = tmp_path / "run"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mathtune.cli",
-            "run",
-            "--config",
-            str(ROOT / "configs" / "tiny-gemma2.yaml"),
-            "--out",
-            str(run),
-            f"data.path={gsm8k}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    res = mathtune_cli(
+        "run", "--config", str(ROOT / "configs" / "tiny-gemma2.yaml"), "--out", str(run), f"data.path={gsm8k}"
     )
     assert res.returncode == 0, res.stderr[-3000:]
     train = read_json(run / "train.json")

@@ -6,8 +6,6 @@ strict-match filter and exact_match metric, run on these rows: see tests/data/RE
 """
 
 import json
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
@@ -16,7 +14,7 @@ from mathtune.evaluate.extract import extract_answer, is_correct
 from mathtune.evaluate.score import grade_row, strict_correct
 from mathtune.io import read_jsonl
 
-from conftest import ROOT
+from conftest import ROOT, mathtune_cli
 
 LABELLED = read_jsonl(ROOT / "tests" / "data" / "graded_completions.jsonl")
 
@@ -97,9 +95,7 @@ def test_grade_command(tmp_path):
         )
     )
     dst = tmp_path / "out.jsonl"
-    res = subprocess.run(
-        [sys.executable, "-m", "mathtune.cli", "grade", str(src), "--out", str(dst)], capture_output=True, text=True
-    )
+    res = mathtune_cli("grade", src, "--out", dst)
     assert res.returncode == 0, res.stderr
     out = read_jsonl(dst)
     assert [r["correct"] for r in out] == [r["correct"] for r in LABELLED]
@@ -111,9 +107,5 @@ def test_grade_command(tmp_path):
 def test_grade_command_rejects_rows_without_fields(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text('{"completion": "#### 5", "reference": "#### 5"}\n{"completion": "x"}\n')
-    res = subprocess.run(
-        [sys.executable, "-m", "mathtune.cli", "grade", str(src), "--out", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-    )
+    res = mathtune_cli("grade", src, "--out", tmp_path / "o")
     assert res.returncode == 2 and f"{src}:2" in res.stderr and "reference" in res.stderr

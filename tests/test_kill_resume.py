@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from mathtune.io import read_jsonl
 
-from conftest import ROOT
+from conftest import ROOT, mathtune_cli
 
 # 32 rows in batches of 4: 8 steps, a checkpoint every 2; 8 test questions answered 2 at a time.
 OVERRIDES = [
@@ -118,21 +118,8 @@ def test_a_checkpoint_cut_by_a_crash_is_skipped(tmp_path):
 
 def test_eval_resume_answers_only_what_is_missing(tmp_path, gsm8k):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "mathtune.cli"]
-    res = subprocess.run(
-        cmd
-        + [
-            "run",
-            "--config",
-            str(ROOT / "configs" / "tiny.yaml"),
-            "--out",
-            str(run),
-            f"data.path={gsm8k}",
-            "train.max_steps=1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    res = mathtune_cli(
+        "run", "--config", ROOT / "configs" / "tiny.yaml", "--out", run, f"data.path={gsm8k}", "train.max_steps=1"
     )
     assert res.returncode == 0, res.stderr[-3000:]
     final = run / "predictions" / "finetuned.jsonl"
@@ -140,7 +127,7 @@ def test_eval_resume_answers_only_what_is_missing(tmp_path, gsm8k):
     final.unlink()
     partial = run / "predictions" / "finetuned.partial.jsonl"
     partial.write_text("".join(json.dumps(dict(r, completion="kept")) + "\n" for r in rows[:2]))
-    res = subprocess.run(cmd + ["eval", str(run), "--resume"], capture_output=True, text=True, timeout=600)
+    res = mathtune_cli("eval", run, "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     after = read_jsonl(final)
     assert [r["completion"] for r in after[:2]] == ["kept", "kept"] and after[2:] == rows[2:]

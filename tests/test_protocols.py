@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -10,7 +8,7 @@ from mathtune.errors import MathtuneError
 from mathtune.evaluate.protocols import COT_EXEMPLARS, PROTOCOLS, encode_prompt, get_protocol, pick_shots, render_plain
 from mathtune.io import read_jsonl
 
-from conftest import ROOT
+from conftest import ROOT, mathtune_cli
 
 Q = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 
@@ -59,13 +57,7 @@ def test_unknown_protocol():
 
 
 def run_eval(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "mathtune.cli", "eval", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return mathtune_cli("eval", *args, cwd=ROOT)
 
 
 @pytest.mark.parametrize("protocol, extra", [("few-shot", []), ("few-shot-cot", []), ("chat", ["eval.dtype=bfloat16"])])

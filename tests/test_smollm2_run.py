@@ -1,14 +1,12 @@
 """The embedded default model through the whole run, on a few rows: what `make demo` does, smaller."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from mathtune.io import read_jsonl
 
-from conftest import ROOT
+from conftest import ROOT, mathtune_cli
 
 
 @pytest.mark.slow
@@ -24,21 +22,8 @@ def test_smollm2_run(tmp_path, gsm8k):
         "train.logging_steps=1",
         "eval.max_new_tokens=48",
     ]
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mathtune.cli",
-            "run",
-            "--config",
-            str(ROOT / "configs" / "demo-cpu.yaml"),
-            "--out",
-            str(out),
-            *overrides,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    res = mathtune_cli(
+        "run", "--config", str(ROOT / "configs" / "demo-cpu.yaml"), "--out", str(out), *overrides, timeout=900
     )
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = read_jsonl(out / "metrics.jsonl")
