@@ -38,7 +38,6 @@ from transformers import Gemma2Config, Gemma2ForCausalLM, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 GEMMA2_9B = dict(
     hidden_size=3584,
@@ -249,7 +248,9 @@ def main() -> None:
         )
     )
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
-    peak = next((v for k, v in PEAK_FLOPS.items() if gpu and k in gpu), None)
+    from mathtune.estimate import GPUS  # the data-sheet peaks `mathtune estimate` uses
+
+    peak = next((v["peak_flops"] for k, v in GPUS.items() if gpu and k in gpu), None)
     for r in results:
         r["mfu"] = round(r["tokens_per_s"] * r["flops_per_token"] / peak, 4) if peak else None
     base, mt = results
