@@ -3,6 +3,9 @@ tokens, the compact decoder, at the batch size measured fastest.
 
 1. batch sizes: the first --sweep questions at each of --batch-sizes (tokens/s from each run's summary);
 2. the full split at the fastest, timed as a user runs it (`mathtune eval --model ... --out`, wall seconds, peak RSS);
+   or, with --from-run RUN, the base model's evaluation inside a finished `mathtune run` whose config is these same
+   settings at that batch size (the full study: the same command's work, timed by the eval stage from model load to
+   the last answer; its peak RSS is the whole run's, training included, so it is not reported);
 3. the static engine (`--decoder static`, model.generate) on the first 64 questions at the same batch size: how many
    of those 64 answers (extracted numbers) and completions are the same as the full run's.
 Writes bench/results/eval_full_test_split.json.
@@ -26,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 
 
-def mathtune_eval(gsm8k: str, out: Path, *extra: str) -> dict:  # extra: key=value overrides
+def mathtune_eval(gsm8k: str, config: str, out: Path, *extra: str) -> dict:  # extra: key=value overrides
     """Run `mathtune eval` in its own process; its summary plus the command's wall seconds and peak RSS."""
     cmd = [
         sys.executable,
@@ -39,6 +42,8 @@ def mathtune_eval(gsm8k: str, out: Path, *extra: str) -> dict:  # extra: key=val
         "chat",
         "--data",
         gsm8k,
+        "--config",
+        config,
         "--out",
         str(out),
         *extra,
@@ -70,14 +75,50 @@ def mathtune_eval(gsm8k: str, out: Path, *extra: str) -> dict:  # extra: key=val
     return summary
 
 
+def from_run(run: Path, config: Path, overrides: list[str], work: Path) -> dict | None:
+    """The base model's summary from a finished run (its predictions copied to work/full.jsonl), or None (with the
+    reason printed) when that run's evaluation is not this benchmark's: any model or eval setting that differs from
+    `config` with `overrides` (the settings `mathtune eval` runs with here), or no test question left out."""
+    import yaml
+
+    from mathtune.config import load_config
+
+    # eval.protocol is compared by what it resolved to (the summary's), as a run's "auto" is the chat protocol here.
+    want = load_config(config, [f"model.name={MODEL}", *overrides]).model_dump()
+    want["eval"].pop("protocol")
+    have = yaml.safe_load((run / "config.yaml").read_text())
+    differs = [
+        f"{section}.{k}={have[section].get(k)!r} (wanted {v!r})"
+        for section in ("model", "eval")
+        for k, v in want[section].items()
+        if have[section].get(k) != v
+    ]
+    base = json.loads((run / "eval.json").read_text()).get("base") if (run / "eval.json").exists() else None
+    if base is not None and base["protocol"] != "chat":
+        differs.append(f"eval.protocol={base['protocol']!r} (wanted 'chat')")
+    if base is None or differs:
+        print(f"{run} is not this benchmark's evaluation: {', '.join(differs) or 'no base evaluation'}", flush=True)
+        return None
+    (work / "full.jsonl").write_text((run / "predictions" / "base.jsonl").read_text())
+    return {
+        **base,
+        "wall_seconds": base["seconds"],
+        "peak_rss_gb": None,
+        "command": f"mathtune run --config {run / 'config.yaml'} (its base evaluation: eval.json)",
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
+    # The full study's settings (dtype, attention, token limit), so that its base evaluation is this benchmark's run.
+    ap.add_argument("--config", default=str(ROOT / "configs" / "full-cpu.yaml"))
     ap.add_argument("--sweep", type=int, default=128)
     ap.add_argument("--batch-sizes", default="32,64,128")
     ap.add_argument("--check", type=int, default=64)
     ap.add_argument("--limit", type=int, help="fewer questions than the whole split (a test of the script)")
     ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--from-run", help="a finished run whose base evaluation is the full split at these settings")
     ap.add_argument("--keep", help="folder for the predictions files (default: a temporary one)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "eval_full_test_split.json"))
     args = ap.parse_args()
@@ -88,19 +129,28 @@ def main() -> None:
     sweep = {}
     for bs in map(int, args.batch_sizes.split(",")):
         s = mathtune_eval(
-            args.gsm8k, work / f"sweep-{bs}.jsonl", limit, f"eval.limit={args.sweep}", f"eval.batch_size={bs}"
+            args.gsm8k,
+            args.config,
+            work / f"sweep-{bs}.jsonl",
+            limit,
+            f"eval.limit={args.sweep}",
+            f"eval.batch_size={bs}",
         )
         sweep[bs] = {k: s[k] for k in ("tokens_per_s", "seconds", "generated_tokens", "peak_rss_gb")}
     best = max(sweep, key=lambda b: sweep[b]["tokens_per_s"])
-    full = mathtune_eval(
-        args.gsm8k,
-        work / "full.jsonl",
-        limit,
-        f"eval.batch_size={best}",
-        *([f"eval.limit={args.limit}"] if args.limit else []),
-    )
+    overrides = [limit, f"eval.batch_size={best}", "eval.limit=null"]
+    full = from_run(Path(args.from_run), Path(args.config), overrides, work) if args.from_run else None
+    if full is None:
+        full = mathtune_eval(
+            args.gsm8k,
+            args.config,
+            work / "full.jsonl",
+            *overrides,
+            *([f"eval.limit={args.limit}"] if args.limit else []),
+        )
     static = mathtune_eval(
         args.gsm8k,
+        args.config,
         work / "static.jsonl",
         limit,
         f"eval.limit={args.check}",
@@ -115,23 +165,30 @@ def main() -> None:
     ids = list(s)
     import torch
 
+    from mathtune.config import load_config
     from mathtune.run import cpu_model
+
+    cfg = load_config(args.config, [f"model.name={MODEL}", *overrides])
 
     result = {
         "benchmark": "eval_full_test_split",
         "model": MODEL,
         "protocol": "chat",
+        "config": os.path.relpath(args.config, ROOT),
         "settings": {
             "batch_size": best,
-            "max_new_tokens": args.max_new_tokens,
-            "dtype": "float32",
-            "decoder": "compact",
+            "max_new_tokens": cfg.eval.max_new_tokens,
+            "dtype": cfg.model.dtype if cfg.eval.dtype == "model" else cfg.eval.dtype,
+            "attn_implementation": cfg.model.attn_implementation,
+            "decoder": cfg.eval.decoder,
             "greedy": True,
         },
         "batch_size_sweep": {"questions": args.sweep, "tokens_per_s": sweep},
         "n": full["n"],
         "wall_seconds": full["wall_seconds"],
         "minutes": round(full["wall_seconds"] / 60, 1),
+        "target_minutes": 15,
+        "target_met": full["wall_seconds"] <= 15 * 60,
         "generation_seconds": full["seconds"],
         "generated_tokens": full["generated_tokens"],
         "tokens_per_s": full["tokens_per_s"],

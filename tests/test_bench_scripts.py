@@ -123,3 +123,49 @@ def test_estimate_takes_a_measured_mfu():
     measured = estimate(cfg, tokens, 9_240_000_000, "NVIDIA H100 80GB HBM3", mfu=0.7)
     assert measured["train_seconds"] == pytest.approx(assumed["train_seconds"] * 0.35 / 0.7, rel=1e-3)
     assert "a measured 70% MFU" in measured["basis"] and "an assumed 35% MFU" in assumed["basis"]
+
+
+@pytest.mark.slow
+def test_full_split_benchmark_runs_and_takes_a_matching_runs_base_evaluation(tmp_path, gsm8k):
+    import yaml
+
+    from mathtune.config import load_config
+
+    small = ["--sweep", "2", "--batch-sizes", "2", "--check", "2", "--max-new-tokens", "8", "--gsm8k", gsm8k]
+    res = bench_script(
+        "eval_full_test_split.py", *small, "--limit", "3", "--keep", tmp_path / "a", "--out", tmp_path / "a.json"
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert a["n"] == 3 and a["settings"]["dtype"] == "float32" and a["settings"]["batch_size"] == 2
+    assert a["static_check"]["n"] == 2 and a["static_check"]["same_answers"] == 2  # the static engine agrees
+    assert a["command"].startswith("mathtune eval") and a["peak_rss_gb"] > 0
+
+    # A finished run at the same settings: its base evaluation is taken, not rerun.
+    run = tmp_path / "run"
+    (run / "predictions").mkdir(parents=True)
+    cfg = load_config(ROOT / "configs" / "full-cpu.yaml", ["eval.batch_size=2", "eval.max_new_tokens=8"])
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    base = json.loads((tmp_path / "a" / "full.summary.json").read_text())
+    (run / "eval.json").write_text(json.dumps({"base": base}))
+    (run / "predictions" / "base.jsonl").write_text((tmp_path / "a" / "full.jsonl").read_text())
+    res = bench_script(
+        "eval_full_test_split.py", *small, "--from-run", run, "--keep", tmp_path / "b", "--out", tmp_path / "b.json"
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert b["command"].startswith("mathtune run") and b["peak_rss_gb"] is None
+    assert (b["n"], b["correct"], b["generated_tokens"]) == (3, a["correct"], a["generated_tokens"])
+
+    # Another token limit is another benchmark: the run is refused, with the key that differs.
+    sys_path = str(ROOT / "bench")
+    import sys
+
+    sys.path.insert(0, sys_path)
+    try:
+        from eval_full_test_split import from_run
+
+        overrides = ["eval.max_new_tokens=16", "eval.batch_size=2", "eval.limit=null"]
+        assert from_run(run, ROOT / "configs" / "full-cpu.yaml", overrides, tmp_path) is None
+    finally:
+        sys.path.remove(sys_path)

@@ -50,6 +50,9 @@ def test_run_json(run_dir):
     info = json.loads((run_dir / "run.json").read_text())
     assert set(info["stages"]) == {"data", "train", "eval", "report"}
     assert all(s["seconds"] >= 0 for s in info["stages"].values())
+    if sys.platform == "linux":  # each stage's own peak memory, shown in the report's cost table
+        assert all(s["peak_rss_gb"] > 0.1 for s in info["stages"].values())
+        assert "peak memory (GB)" in (run_dir / "report.md").read_text()
     for pkg in ("torch", "transformers", "peft", "trl"):
         assert info["environment"]["packages"][pkg]
     assert info["environment"]["python"] and "started" in info and "finished" in info and "git_commit" in info

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from mathtune import allocator
+from mathtune import allocator, memory
 from mathtune.config import Config, config_hash, config_to_yaml, diff_keys, load_config
 from mathtune.distributed import barrier, is_main, rank_and_world
 from mathtune.errors import MathtuneError
@@ -260,7 +260,10 @@ class _StageClock:
     def __init__(self, run_dir: Path, name: str, every: float = 30.0):
         self.run_dir, self.name, self.every = run_dir, name, every
         info = read_json(run_dir / "run.json")
-        self.before = info["stages"].get(name, {}).get("seconds", 0.0)
+        previous = info["stages"].get(name, {})
+        self.before = previous.get("seconds", 0.0)
+        self.peak_before = previous.get("peak_rss_gb") or 0.0  # a resumed stage's peak is the larger of both parts
+        self.measures_peak = False
         self.start = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tick, daemon=True)
@@ -268,6 +271,9 @@ class _StageClock:
     def _write(self, finished: bool) -> None:
         info = read_json(self.run_dir / "run.json")
         entry = {"seconds": round(self.before + time.time() - self.start, 2), "finished": _now() if finished else None}
+        peak = memory.peak_gb() if self.measures_peak else None
+        if peak is not None:  # resident memory's high-water mark during this stage (this process; the main one)
+            entry["peak_rss_gb"] = max(peak, self.peak_before)
         info["stages"][self.name] = entry
         info["wall_seconds"] = round(sum(v["seconds"] for v in info["stages"].values()), 2)
         if finished:
@@ -279,6 +285,7 @@ class _StageClock:
             self._write(finished=False)
 
     def __enter__(self):
+        self.measures_peak = memory.reset_peak()
         self._thread.start()
         return self
 

@@ -272,6 +272,8 @@ def cost_summary(run_info: dict, cfg: dict) -> dict:
     gpu_hours = wall / 3600 * price["gpus"]
     return {
         "stages_seconds": stages,
+        # Each stage's peak resident memory (run.py, memory.py), where the platform can measure it.
+        "stages_peak_rss_gb": {k: v.get("peak_rss_gb") for k, v in run_info.get("stages", {}).items()},
         "wall_seconds": wall,
         "device": price["device"],
         "gpus": price["gpus"],

@@ -386,6 +386,12 @@ def _cost(a: dict) -> list[Block]:
     if not c:
         return []
     rows = [[k, f"{v:.1f}"] for k, v in c["stages_seconds"].items()] + [["total", f"{c['wall_seconds']:.1f}"]]
+    header = ["stage", "wall time (s)"]
+    peaks = c.get("stages_peak_rss_gb") or {}
+    if any(v is not None for v in peaks.values()):
+        header.append("peak memory (GB)")
+        peaks = {**peaks, "total": max(v for v in peaks.values() if v is not None)}  # the run's: its largest stage's
+        rows = [row + [_gb(peaks.get(row[0]))] for row in rows]
     if c["gpus"]:
         text = (
             f"{c['gpus']} x {c['device']}: {c['gpu_hours']:.3f} GPU-hours at ${c['price_per_gpu_hour']:.2f} per "
@@ -396,7 +402,7 @@ def _cost(a: dict) -> list[Block]:
         text = f"A CPU run: $0 of GPU time; wall time {c['wall_seconds'] / 60:.1f} minutes on {c['device']}" + (
             f", costed at ${c['price_per_gpu_hour']:.2f}/h: ${c['dollars']:.2f}." if c["dollars"] else "."
         )
-    blocks = [("h2", "Cost"), ("table", ["stage", "wall time (s)"], rows), ("p", text)]
+    blocks = [("h2", "Cost"), ("table", header, rows), ("p", text)]
     p = c.get("predicted") or {}
     if "train_seconds" in p:
         actual = c["stages_seconds"]
@@ -409,6 +415,10 @@ def _cost(a: dict) -> list[Block]:
             )
         )
     return blocks
+
+
+def _gb(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
 
 
 def _reproducibility(a: dict) -> list[Block]:

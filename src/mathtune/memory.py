@@ -1,0 +1,28 @@
+"""A stage's peak resident memory, from Linux's per-process high-water mark (VmHWM in /proc/self/status), reset at
+the stage's start by writing 5 to /proc/self/clear_refs (Linux >= 4.0). Elsewhere, or where /proc cannot be
+written, there is no figure (None) rather than the whole process's peak under a stage's name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def reset_peak() -> bool:
+    """Start a new high-water mark; False where that is not possible."""
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_gb() -> float | None:
+    """The high-water mark of resident memory in GB (2**30 bytes) since the last reset_peak, or None."""
+    try:
+        lines = STATUS.read_text().splitlines()
+    except OSError:
+        return None
+    kb = next((int(ln.split()[1]) for ln in lines if ln.startswith("VmHWM:")), None)
+    return None if kb is None else round(kb / 2**20, 2)
