@@ -138,6 +138,7 @@ def run_mathtune(model: str, gsm8k: Path, out: Path, limit: int, batch: int, max
         f"eval.batch_size={batch}",
         f"eval.max_new_tokens={max_new}",
         "model.dtype=float32",
+        "model.attn_implementation=sdpa",  # what lm-eval's hf model gets from transformers by default
     ]
     start = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
