@@ -168,7 +168,7 @@ def compare(lm_samples: Path, ours: Path) -> dict:
         "n": n,
         "lm_eval_strict_match": acc(sum(lm_strict[i] for i in ids)),
         "lm_eval_responses_mathtune_grader": acc(sum(lm_rows[i]["correct"] for i in ids)),
-        "mathtune": acc(sum(mt[i]["correct"] for i in ids)),
+        "mathtune_accuracy": acc(sum(mt[i]["correct"] for i in ids)),
         "mathtune_strict": acc(sum(mt[i]["strict_correct"] for i in ids)),
         "graded_the_same_strict": sum(lm_strict[i] == mt[i]["strict_correct"] for i in ids),
         "graded_the_same_mathtune_grader": sum(lm_rows[i]["correct"] == mt[i]["correct"] for i in ids),

@@ -287,6 +287,8 @@ def test_a_real_lm_eval_run_goes_through_the_paired_report(tmp_path, gsm8k):
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["n"] == 3 and r["ratio"] > 0 and 0 <= r["graded_the_same_strict"] <= 3
+    assert r["ratio"] == pytest.approx(r["lm_eval"]["wall_seconds"] / r["mathtune"]["wall_seconds"], rel=0.02)
+    assert r["mathtune_accuracy"]["n"] == 3 and len(r["lm_eval_strict_match"]["ci95"]) == 2
     [samples] = list((tmp_path / "work" / "lm_eval").rglob("samples_gsm8k_local_*.jsonl"))
     res = mathtune_cli(
         "analyze",
