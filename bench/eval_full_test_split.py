@@ -25,6 +25,9 @@ import time
 from datetime import date
 from pathlib import Path
 
+from mathtune import memory
+from mathtune.config import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 
@@ -51,22 +54,16 @@ def mathtune_eval(gsm8k: str, config: str, out: Path, *extra: str) -> dict:  # e
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
-        peak = 0
+        peak = 0.0
         while proc.poll() is None:  # the process's own high-water mark, read while it runs
-            try:
-                hwm = [ln for ln in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if ln.startswith("VmHWM")]
-                peak = max(peak, int(hwm[0].split()[1]) * 1024) if hwm else peak
-            except OSError:
-                pass
+            peak = max(peak, memory.peak_gb(proc.pid) or 0.0)
             time.sleep(0.5)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             err.seek(0)
             sys.exit(f"{' '.join(cmd)} failed:\n{err.read()[-3000:]}")
     summary = json.loads(out.with_suffix(".summary.json").read_text())
-    summary.update(
-        wall_seconds=round(wall, 1), peak_rss_gb=round(peak / 2**30, 2), command=" ".join(["mathtune", *cmd[3:]])
-    )
+    summary.update(wall_seconds=round(wall, 1), peak_rss_gb=peak, command=" ".join(["mathtune", *cmd[3:]]))
     print(
         f"{' '.join(extra)}: {summary['generated_tokens']} tokens in {summary['seconds']} s = "
         f"{summary['tokens_per_s']} tokens/s ({wall:.0f} s wall)",
@@ -75,16 +72,14 @@ def mathtune_eval(gsm8k: str, config: str, out: Path, *extra: str) -> dict:  # e
     return summary
 
 
-def from_run(run: Path, config: Path, overrides: list[str], work: Path) -> dict | None:
+def from_run(run: Path, cfg, work: Path) -> dict | None:
     """The base model's summary from a finished run (its predictions copied to work/full.jsonl), or None (with the
     reason printed) when that run's evaluation is not this benchmark's: any model or eval setting that differs from
-    `config` with `overrides` (the settings `mathtune eval` runs with here), or no test question left out."""
+    `cfg` (the settings `mathtune eval` runs with here), or no test question left out."""
     import yaml
 
-    from mathtune.config import load_config
-
     # eval.protocol is compared by what it resolved to (the summary's), as a run's "auto" is the chat protocol here.
-    want = load_config(config, [f"model.name={MODEL}", *overrides]).model_dump()
+    want = cfg.model_dump()
     want["eval"].pop("protocol")
     have = yaml.safe_load((run / "config.yaml").read_text())
     differs = [
@@ -139,7 +134,8 @@ def main() -> None:
         sweep[bs] = {k: s[k] for k in ("tokens_per_s", "seconds", "generated_tokens", "peak_rss_gb")}
     best = max(sweep, key=lambda b: sweep[b]["tokens_per_s"])
     overrides = [limit, f"eval.batch_size={best}", "eval.limit=null"]
-    full = from_run(Path(args.from_run), Path(args.config), overrides, work) if args.from_run else None
+    cfg = load_config(args.config, [f"model.name={MODEL}", *overrides])  # what the full run's `mathtune eval` gets
+    full = from_run(Path(args.from_run), cfg, work) if args.from_run else None
     if full is None:
         full = mathtune_eval(
             args.gsm8k,
@@ -165,10 +161,7 @@ def main() -> None:
     ids = list(s)
     import torch
 
-    from mathtune.config import load_config
     from mathtune.run import cpu_model
-
-    cfg = load_config(args.config, [f"model.name={MODEL}", *overrides])
 
     result = {
         "benchmark": "eval_full_test_split",

@@ -166,6 +166,7 @@ def test_full_split_benchmark_runs_and_takes_a_matching_runs_base_evaluation(tmp
         from eval_full_test_split import from_run
 
         overrides = ["eval.max_new_tokens=16", "eval.batch_size=2", "eval.limit=null"]
-        assert from_run(run, ROOT / "configs" / "full-cpu.yaml", overrides, tmp_path) is None
+        cfg = load_config(ROOT / "configs" / "full-cpu.yaml", ["model.name=smollm2-135m-instruct", *overrides])
+        assert from_run(run, cfg, tmp_path) is None
     finally:
         sys.path.remove(sys_path)
