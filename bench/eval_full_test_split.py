@@ -1,5 +1,5 @@
-"""The whole GSM8K test split (1,319 questions) with `mathtune eval`: SmolLM2, chat protocol, greedy, float32, 256 new
-tokens, the compact decoder, at the batch size measured fastest.
+"""The whole GSM8K test split (1,319 questions) with `mathtune eval`: SmolLM2, chat protocol, greedy, 256 new tokens,
+the compact decoder, in --dtype (float32: the full study's; bfloat16: the AMX path), at the batch size measured fastest.
 
 1. batch sizes: the first --sweep questions at each of --batch-sizes (tokens/s from each run's summary);
 2. the full split at the fastest, timed as a user runs it (`mathtune eval --model ... --out`, wall seconds, peak RSS);
@@ -7,7 +7,8 @@ tokens, the compact decoder, at the batch size measured fastest.
    settings at that batch size (the full study: the same command's work, timed by the eval stage from model load to
    the last answer; its peak RSS is the whole run's, training included, so it is not reported);
 3. the static engine (`--decoder static`, model.generate) on the first 64 questions at the same batch size: how many
-   of those 64 answers (extracted numbers) and completions are the same as the full run's.
+   of those 64 answers (extracted numbers) and completions are the same as the full run's;
+4. with --reference (the full study's float32 base predictions), how many of the full run's answers are the same.
 Writes bench/results/eval_full_test_split.json.
 
     python bench/eval_full_test_split.py --gsm8k ../shared/data/gsm8k
@@ -82,6 +83,9 @@ def from_run(run: Path, cfg, work: Path) -> dict | None:
     want = cfg.model_dump()
     want["eval"].pop("protocol")
     have = yaml.safe_load((run / "config.yaml").read_text())
+    for c in (want, have):  # eval.dtype compared by the dtype it resolves to ("model": model.dtype)
+        if c["eval"].get("dtype", "model") == "model":
+            c["eval"]["dtype"] = c["model"]["dtype"]
     differs = [
         f"{section}.{k}={have[section].get(k)!r} (wanted {v!r})"
         for section in ("model", "eval")
@@ -103,17 +107,51 @@ def from_run(run: Path, cfg, work: Path) -> dict | None:
     }
 
 
+def sweep_agreement(work: Path, sizes: list[int]) -> dict:
+    """For each pair of swept batch sizes, on how many of the sweep's questions the extracted answers are the same:
+    whether a question's greedy answer depends on the batch it is decoded in (float32 on this CPU: no; bfloat16:
+    yes, its matrix products round differently with the batch's shape)."""
+    runs = {b: {r["id"]: r["extracted"] for r in map(json.loads, (work / f"sweep-{b}.jsonl").open())} for b in sizes}
+    return {
+        f"{a} vs {b}": sum(runs[a][i] == runs[b][i] for i in runs[a])
+        for n, a in enumerate(sizes)
+        for b in sizes[n + 1 :]
+    }
+
+
+def reference(full: dict, path: Path) -> dict | None:
+    """The full run's answers against another evaluation's of the same questions (the full study's float32 base
+    evaluation by default): accuracy of each, and how many extracted answers are the same."""
+    if not path.exists():
+        return None
+    ref = {r["id"]: r for r in map(json.loads, path.open())}
+    ids = [i for i in full if i in ref]
+    return {
+        "predictions": os.path.relpath(path, ROOT),
+        "n": len(ids),
+        "same_answers": sum(full[i]["extracted"] == ref[i]["extracted"] for i in ids),
+        "correct_here": sum(full[i]["correct"] for i in ids),
+        "correct_there": sum(ref[i]["correct"] for i in ids),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
     # The full study's settings (dtype, attention, token limit), so that its base evaluation is this benchmark's run.
     ap.add_argument("--config", default=str(ROOT / "configs" / "full-cpu.yaml"))
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="eval.dtype of every run")
     ap.add_argument("--sweep", type=int, default=128)
     ap.add_argument("--batch-sizes", default="32,64,128")
     ap.add_argument("--check", type=int, default=64)
     ap.add_argument("--limit", type=int, help="fewer questions than the whole split (a test of the script)")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--from-run", help="a finished run whose base evaluation is the full split at these settings")
+    ap.add_argument(
+        "--reference",
+        default=str(ROOT / "examples" / "full-study" / "predictions" / "base.jsonl"),
+        help="predictions of the same model on the same questions to compare answers with (skipped when absent)",
+    )
     ap.add_argument("--keep", help="folder for the predictions files (default: a temporary one)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "eval_full_test_split.json"))
     args = ap.parse_args()
@@ -121,6 +159,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     limit = f"eval.max_new_tokens={args.max_new_tokens}"
+    dtype = f"eval.dtype={args.dtype}"
     sweep = {}
     for bs in map(int, args.batch_sizes.split(",")):
         s = mathtune_eval(
@@ -128,12 +167,13 @@ def main() -> None:
             args.config,
             work / f"sweep-{bs}.jsonl",
             limit,
+            dtype,
             f"eval.limit={args.sweep}",
             f"eval.batch_size={bs}",
         )
         sweep[bs] = {k: s[k] for k in ("tokens_per_s", "seconds", "generated_tokens", "peak_rss_gb")}
     best = max(sweep, key=lambda b: sweep[b]["tokens_per_s"])
-    overrides = [limit, f"eval.batch_size={best}", "eval.limit=null"]
+    overrides = [limit, dtype, f"eval.batch_size={best}", "eval.limit=null"]
     cfg = load_config(args.config, [f"model.name={MODEL}", *overrides])  # what the full run's `mathtune eval` gets
     full = from_run(Path(args.from_run), cfg, work) if args.from_run else None
     if full is None:
@@ -149,6 +189,7 @@ def main() -> None:
         args.config,
         work / "static.jsonl",
         limit,
+        dtype,
         f"eval.limit={args.check}",
         f"eval.batch_size={best}",
         "eval.decoder=static",
@@ -176,7 +217,11 @@ def main() -> None:
             "decoder": cfg.eval.decoder,
             "greedy": True,
         },
-        "batch_size_sweep": {"questions": args.sweep, "tokens_per_s": sweep},
+        "batch_size_sweep": {
+            "questions": args.sweep,
+            "tokens_per_s": sweep,
+            "same_answers": sweep_agreement(work, list(sweep)),
+        },
         "n": full["n"],
         "wall_seconds": full["wall_seconds"],
         "minutes": round(full["wall_seconds"] / 60, 1),
@@ -199,6 +244,7 @@ def main() -> None:
             "same_completions": sum(f[i]["completion"] == s[i]["completion"] for i in ids),
             "differing_ids": [i for i in ids if f[i]["extracted"] != s[i]["extracted"]],
         },
+        "reference": reference(f, Path(args.reference)),
         "files": str(work),
         "machine": {"cores": len(os.sched_getaffinity(0)), "cpu": cpu_model(), "torch": torch.__version__},
         "date": date.today().isoformat(),

@@ -131,20 +131,28 @@ def test_full_split_benchmark_runs_and_takes_a_matching_runs_base_evaluation(tmp
 
     from mathtune.config import load_config
 
-    small = ["--sweep", "2", "--batch-sizes", "2", "--check", "2", "--max-new-tokens", "8", "--gsm8k", gsm8k]
+    small = ["--sweep", "2", "--batch-sizes", "1,2", "--check", "2", "--max-new-tokens", "8", "--gsm8k", gsm8k]
     res = bench_script(
         "eval_full_test_split.py", *small, "--limit", "3", "--keep", tmp_path / "a", "--out", tmp_path / "a.json"
     )
     assert res.returncode == 0, res.stderr[-3000:]
     a = json.loads((tmp_path / "a.json").read_text())
-    assert a["n"] == 3 and a["settings"]["dtype"] == "float32" and a["settings"]["batch_size"] == 2
+    assert a["n"] == 3 and a["settings"]["dtype"] == "float32" and a["settings"]["batch_size"] in (1, 2)
+    assert a["batch_size_sweep"]["same_answers"] == {"1 vs 2": 2}  # float32 answers do not depend on the batch
     assert a["static_check"]["n"] == 2 and a["static_check"]["same_answers"] == 2  # the static engine agrees
     assert a["command"].startswith("mathtune eval") and a["peak_rss_gb"] > 0
+    # The answers compared with the full study's (its committed float32 base predictions), question by question.
+    study = {r["id"]: r for r in map(json.loads, (ROOT / "examples/full-study/predictions/base.jsonl").open())}
+    mine = [json.loads(line) for line in (tmp_path / "a" / "full.jsonl").open()]
+    assert a["reference"]["n"] == 3 and a["reference"]["correct_there"] == sum(study[r["id"]]["correct"] for r in mine)
+    assert a["reference"]["same_answers"] == sum(r["extracted"] == study[r["id"]]["extracted"] for r in mine)
 
     # A finished run at the same settings: its base evaluation is taken, not rerun.
     run = tmp_path / "run"
     (run / "predictions").mkdir(parents=True)
-    cfg = load_config(ROOT / "configs" / "full-cpu.yaml", ["eval.batch_size=2", "eval.max_new_tokens=8"])
+    cfg = load_config(
+        ROOT / "configs" / "full-cpu.yaml", [f"eval.batch_size={a['settings']['batch_size']}", "eval.max_new_tokens=8"]
+    )
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     base = json.loads((tmp_path / "a" / "full.summary.json").read_text())
     (run / "eval.json").write_text(json.dumps({"base": base}))

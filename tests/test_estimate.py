@@ -18,8 +18,26 @@ def test_cpu_figures_are_the_committed_benchmarks():
     cpu = THROUGHPUT["cpu"]
     train = json.loads((ROOT / "bench" / "results" / "train_throughput_cpu.json").read_text())
     full = json.loads((ROOT / "bench" / "results" / "eval_full_test_split.json").read_text())
+    study = json.loads((ROOT / "examples" / "full-study" / "eval.json").read_text())["base"]
     assert cpu["train_tokens_per_s"] == train["mathtune_tokens_per_s"]
-    assert cpu["eval_tokens_per_s"] == full["tokens_per_s"]
+    assert full["settings"]["dtype"] == "bfloat16" and cpu["eval_tokens_per_s"]["bfloat16"] == full["tokens_per_s"]
+    assert cpu["eval_tokens_per_s"]["float32"] == study["tokens_per_s"] and study["n"] == 1319
+
+
+def test_generation_is_costed_at_the_rate_of_its_dtype():
+    tokens = {"train_rows": 8, "train": 2000, "val": 0, "test_questions": 10, "test_generated": 100_000}
+    cfg = load_config(ROOT / "configs" / "full-cpu.yaml")  # model.dtype float32, eval.dtype "model"
+    fp32 = estimate(cfg, tokens, THROUGHPUT["cpu"]["params"], "cpu")
+    bf16 = estimate(
+        cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"dtype": "bfloat16"})}),
+        tokens,
+        THROUGHPUT["cpu"]["params"],
+        "cpu",
+    )
+    rates = THROUGHPUT["cpu"]["eval_tokens_per_s"]
+    assert fp32["eval_seconds"] == pytest.approx(2 * 100_000 / rates["float32"], abs=0.1)
+    assert bf16["eval_seconds"] == pytest.approx(2 * 100_000 / rates["bfloat16"], abs=0.1)
+    assert "generation in bfloat16" in bf16["basis"] and "generation in float32" in fp32["basis"]
 
 
 def test_chat_rows_are_counted_in_tokens(gsm8k):

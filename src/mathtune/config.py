@@ -130,7 +130,8 @@ class EvalConfig(_Strict):
     max_new_tokens: int = Field(384, gt=0)
     base: bool = True  # evaluate the base model too, under the same protocol
     # Weights dtype for generation: "model" keeps model.dtype. On SmolLM2/CPU bfloat16 generated 2x faster
-    # than float32 but changed 42 of 64 greedy answers (bench/results/eval_throughput.json): opt-in only.
+    # than float32 but changed 42 of 64 greedy answers (bench/results/eval_throughput.json), and its answers depend
+    # on the batch they are decoded in (bench/results/eval_full_test_split.json): opt-in only.
     dtype: Literal["model", "float32", "bfloat16", "float16"] = "model"
     # How answers are decoded (evaluate/decoder.py, the one seam every engine sits behind):
     #   compact: mathtune's greedy loop (evaluate/compact.py): prompts prefilled in chunks of similar length, a
