@@ -39,7 +39,8 @@ NOTE = (
     "then bf16 autocast, then TRL's padding_free or a per-row layout). mathtune_* levers are mathtune's path "
     "with one change: per_sequence / rows_per_forward=N (the batch layout), torch_dropout (PEFT's nn.Dropout "
     "instead of FastDropout), float32_frozen (frozen weights cast by autocast on every forward), trl_loss (TRL's "
-    "fused LM head over every position instead of the answer-token loss), compile (torch.compile)."
+    "fused LM head over every position instead of the answer-token loss), compile (torch.compile), onednn_cache_1024 "
+    "(oneDNN's default primitive cache instead of mathtune's cap of 64, allocator.py; plain TRL runs at 1024)."
 )
 LIMIT_LENGTHS = (256, 512, 1024)
 
@@ -314,6 +315,10 @@ def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
     for name, spec in out:
         if name.startswith("trl_") and name != "trl_tcmalloc":
             spec["allocator"] = "system"
+        if spec["kind"] == "trl":
+            spec["onednn_cache"] = 1024  # oneDNN's default: plain TRL as a user runs it
+    # oneDNN's default cache on mathtune's path, over as many steps as mathtune's run: its memory grows with them.
+    out += [("mathtune_onednn_cache_1024", {"kind": "mathtune", "steps": steps, "onednn_cache": 1024})]
     out += [
         (f"mathtune_{c}", {"kind": "mathtune", "steps": lever_steps, "change": c})
         for c in ("torch_dropout", "float32_frozen", "trl_loss", "compile")
@@ -360,13 +365,17 @@ def child(spec: dict, gsm8k: str, config: str, n_rows: int) -> dict:
 
     result["threads"] = torch.get_num_threads()
     result["allocator"] = current()
+    result["onednn_cache"] = int(os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", 1024))
     return result
 
 
-def child_env(name: str) -> dict:
-    from mathtune.allocator import find_tcmalloc
+def child_env(name: str, onednn_cache: int | None = None) -> dict:
+    """The setting's process environment: its allocator, and oneDNN's primitive cache capped as mathtune caps it
+    (allocator.bound_onednn_cache) or at `onednn_cache` (oneDNN's default, 1024, for plain TRL)."""
+    from mathtune.allocator import ONEDNN_CACHE, ONEDNN_CACHE_SIZE, find_tcmalloc
 
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env[ONEDNN_CACHE] = str(onednn_cache or ONEDNN_CACHE_SIZE)
     if name == "tcmalloc":
         lib = find_tcmalloc()
         if lib is None:
@@ -471,7 +480,8 @@ def main() -> None:
             "--child",
             json.dumps(spec),
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(spec.get("allocator", "tcmalloc")))
+        env = child_env(spec.get("allocator", "tcmalloc"), spec.get("onednn_cache"))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")

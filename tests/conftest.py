@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,21 @@ def mathtune_cli(*args, env=None, cwd=None, timeout=600) -> subprocess.Completed
 
 
 def bench_script(name: str, *args, timeout=600) -> subprocess.CompletedProcess:
-    """`python bench/NAME ARGS` in its own process (exit code, stdout, stderr)."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / "bench" / name), *map(str, args)], capture_output=True, text=True, timeout=timeout
-    )
+    """`python bench/NAME ARGS` in its own process group (exit code, stdout, stderr). On a timeout the whole group is
+    killed: a benchmark's own child processes (a `mathtune eval` it runs) would otherwise outlive the test."""
+    cmd = [sys.executable, str(ROOT / "bench" / name), *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def python_on_glibc(code: str) -> str:
+    """stdout of `python -c CODE` in a fresh process on glibc's malloc (no LD_PRELOAD, so no tcmalloc): memory
+    figures there are that code's alone."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout

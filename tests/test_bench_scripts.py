@@ -6,6 +6,8 @@ import subprocess
 
 import pytest
 
+from mathtune.allocator import ONEDNN_CACHE_SIZE
+
 from conftest import ROOT, bench_script
 
 
@@ -55,6 +57,8 @@ def test_cpu_training_benchmark_runs_each_setting_in_its_own_process(tmp_path, g
     assert r["limit_length"] == 256 and r["ratio"] > 0 and r["limit_ratio"] > 0
     assert r["mathtune_batching"] == "packed"
     assert all(s["peak_rss_gb"] > 0 and s["tokens"] > 0 for s in r["settings"])
+    # oneDNN's primitive cache: oneDNN's default for plain TRL, mathtune's cap for mathtune and the limit.
+    assert [s["onednn_cache"] for s in r["settings"]] == [1024, ONEDNN_CACHE_SIZE, ONEDNN_CACHE_SIZE]
 
 
 def test_committed_results_have_their_fields():
@@ -75,6 +79,13 @@ def test_committed_results_have_their_fields():
         assert key in cpu, key
     assert cpu["ratio"] == pytest.approx(cpu["mathtune_tokens_per_s"] / cpu["baseline_tokens_per_s"], rel=0.01)
     assert cpu["limit_ratio"] == pytest.approx(cpu["mathtune_tokens_per_s"] / cpu["limit_tokens_per_s"], rel=0.01)
+    # The oneDNN cache pair (allocator.py's cap): its summary figures are its two runs', at the cap mathtune sets.
+    pair = json.loads((ROOT / "bench" / "results" / "train_onednn_cache_cpu.json").read_text())
+    capped, default = pair["onednn_cache_64"], pair["onednn_cache_1024"]
+    assert capped["onednn_cache"] == ONEDNN_CACHE_SIZE and default["onednn_cache"] == 1024
+    assert pair["peak_rss_gb"] == {"64": capped["peak_rss_gb"], "1024": default["peak_rss_gb"]}
+    assert pair["speed_ratio_64_over_1024"] == round(capped["tokens_per_s"] / default["tokens_per_s"], 3)
+    assert pair["same_final_loss"] == (capped["final_loss"] == default["final_loss"])
 
 
 @pytest.mark.slow

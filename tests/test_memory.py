@@ -1,13 +1,13 @@
 """A stage's peak memory: Linux's high-water mark, reset at the stage's start, kept across a resume."""
 
-import os
-import subprocess
 import sys
 
 import pytest
 
 from mathtune.io import atomic_write_json, read_json
 from mathtune.run import _StageClock
+
+from conftest import python_on_glibc
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="VmHWM and clear_refs are Linux's")
 
@@ -24,8 +24,7 @@ def test_the_peak_is_the_stages_own():
         "assert memory.reset_peak()\n"
         "print(with_big, memory.peak_gb())\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    out = python_on_glibc(code)
     with_big, without = map(float, out.split())
     assert with_big - without > 0.25  # the freed block no longer counts once the mark is reset
 

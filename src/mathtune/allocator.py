@@ -1,18 +1,34 @@
-"""Run mathtune's heavy commands under tcmalloc when it is installed, as `torch.backends.xeon.run_cpu
---enable_tcmalloc` and Intel's PyTorch launcher do: by LD_PRELOAD, so the process restarts itself once.
+"""Process memory settings of mathtune's heavy commands, made before torch starts.
 
-Why: glibc's malloc keeps the memory of freed activations in fragmented arenas and hands it back slowly. On SmolLM2
-LoRA training on 2 cores tcmalloc ran 1.3x faster (bench/results/train_throughput_cpu.json, `allocator_glibc`).
-Debian/Ubuntu: `apt-get install libtcmalloc-minimal4` (`make setup` does). MATHTUNE_ALLOCATOR=system turns it off.
+tcmalloc, when it is installed, as `torch.backends.xeon.run_cpu --enable_tcmalloc` and Intel's PyTorch launcher do:
+by LD_PRELOAD, so the process restarts itself once. Why: glibc's malloc keeps the memory of freed activations in
+fragmented arenas and hands it back slowly. On SmolLM2 LoRA training on 2 cores tcmalloc ran 1.3x faster
+(bench/results/train_throughput_cpu.json, `allocator_glibc`). Debian/Ubuntu: `apt-get install libtcmalloc-minimal4`
+(`make setup` does). MATHTUNE_ALLOCATOR=system turns it off.
+
+oneDNN's primitive cache, capped (bound_onednn_cache). oneDNN (torch's CPU matrix products) keeps each compiled kernel
+for reuse, up to 1024 by default. Packed training rows give every forward its own token count, so its own kernels:
+the cache filled with kernels never used again, and resident memory grew step after step.
+
+Freed memory handed back between stages and between evaluated models (release_free_memory): tcmalloc keeps freed
+pages for reuse, so the training stage's pages stayed resident through evaluation and counted in its peak.
 """
 
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
+import gc
 import os
 import sys
 
 ENV = "MATHTUNE_ALLOCATOR"
+ONEDNN_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+# One forward's kernels: a model's layers share a handful of shapes, so the ~30 layers still reuse them. On SmolLM2
+# LoRA training, 32 steps: peak RSS 3.31 GB at oneDNN's 1024, 2.92 GB at 64, the same loss to the last bit and the
+# same speed within noise (bench/results/train_throughput_cpu.json, `onednn_cache_1024`); 0 (no cache) made a step
+# several times slower.
+ONEDNN_CACHE_SIZE = 64
 LIBRARIES = ("tcmalloc_minimal", "tcmalloc")
 
 
@@ -42,3 +58,23 @@ def restart_under_tcmalloc(argv: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "mathtune.cli", *argv], env)
+
+
+def bound_onednn_cache() -> None:
+    """Cap oneDNN's primitive cache at ONEDNN_CACHE_SIZE unless the environment already sets it. oneDNN reads the
+    variable when it builds its cache, at the first matrix product: call this before any."""
+    os.environ.setdefault(ONEDNN_CACHE, str(ONEDNN_CACHE_SIZE))
+
+
+def release_free_memory() -> str | None:
+    """Collect garbage and hand the allocator's free pages back to the OS: between stages, so that a stage's memory
+    starts from what is alive rather than from what the stage before it freed (tcmalloc keeps freed pages for
+    reuse). Returns which call did it ("tcmalloc" or "glibc"), or None where neither is there."""
+    gc.collect()
+    process = ctypes.CDLL(None)
+    for symbol, name in (("MallocExtension_ReleaseFreeMemory", "tcmalloc"), ("malloc_trim", "glibc")):
+        fn = getattr(process, symbol, None)
+        if fn is not None:
+            fn(*([0] if name == "glibc" else []))
+            return name
+    return None

@@ -288,8 +288,9 @@ def _close_bars() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if argv is None and args[:1] in (["run"], ["train"], ["eval"]):  # the commands that train or generate
-        from mathtune.allocator import restart_under_tcmalloc
+        from mathtune.allocator import bound_onednn_cache, restart_under_tcmalloc
 
+        bound_onednn_cache()  # before the restart, so the restarted process inherits it
         restart_under_tcmalloc(args)
     _quiet_libraries()
     try:

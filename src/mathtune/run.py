@@ -285,6 +285,7 @@ class _StageClock:
             self._write(finished=False)
 
     def __enter__(self):
+        allocator.release_free_memory()  # the stage before may have left freed pages resident: they are not this stage's
         self.measures_peak = memory.reset_peak()
         self._thread.start()
         return self

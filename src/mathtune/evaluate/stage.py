@@ -15,6 +15,7 @@ import hashlib
 import time
 from pathlib import Path
 
+from mathtune.allocator import release_free_memory
 from mathtune.data.format import prompt_format
 from mathtune.distributed import barrier, gather, is_main, rank_and_world
 from mathtune.errors import MathtuneError
@@ -228,6 +229,7 @@ def run_eval(cfg, run_dir: Path) -> dict:
         if adapter is not None and not (adapter / "adapter_config.json").is_file():
             raise MathtuneError(f"{adapter}: no adapter; run `mathtune train {run_dir}` first")
         summary[name] = predict(cfg, tokenizer, protocol, shots, test, adapter, out, arm["calculator"])
+        release_free_memory()  # this arm's model, before the next one loads its own
         s = summary[name]
         if is_main():
             print(
