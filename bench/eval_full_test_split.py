@@ -27,7 +27,7 @@ from datetime import date
 from pathlib import Path
 
 from mathtune import memory
-from mathtune.config import load_config
+from mathtune.config import generation_dtype, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -212,7 +212,7 @@ def main() -> None:
         "settings": {
             "batch_size": best,
             "max_new_tokens": cfg.eval.max_new_tokens,
-            "dtype": cfg.model.dtype if cfg.eval.dtype == "model" else cfg.eval.dtype,
+            "dtype": generation_dtype(cfg),
             "attn_implementation": cfg.model.attn_implementation,
             "decoder": cfg.eval.decoder,
             "greedy": True,

@@ -361,11 +361,11 @@ def child(spec: dict, gsm8k: str, config: str, n_rows: int) -> dict:
         result["rows_per_forward"] = cfg.train.rows_per_forward
     else:
         result = run_limit(cfg, dataset, spec["length"], per_forward=spec.get("per_forward"))
-    from mathtune.allocator import current
+    from mathtune.allocator import ONEDNN_CACHE, current
 
     result["threads"] = torch.get_num_threads()
     result["allocator"] = current()
-    result["onednn_cache"] = int(os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", 1024))
+    result["onednn_cache"] = int(os.environ.get(ONEDNN_CACHE, 1024))
     return result
 
 

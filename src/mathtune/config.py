@@ -329,3 +329,8 @@ def diff_keys(a: Config, b: Config) -> list[str]:
             if da[section][key] != db[section][key]:
                 out.append(f"{section}.{key}")
     return out
+
+
+def generation_dtype(cfg: Config) -> str:
+    """The dtype answers are generated in: eval.dtype, or model.dtype where eval.dtype is "model"."""
+    return cfg.model.dtype if cfg.eval.dtype == "model" else cfg.eval.dtype

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+from mathtune.config import generation_dtype
 from mathtune.cost import hourly_price
 
 # Measured on this project's benchmarks (tokens/s on the embedded SmolLM2-135M-Instruct, 2 CPU cores).
@@ -128,7 +129,7 @@ def throughput(device: str, params: int, mfu: float | None = None, eval_dtype: s
 
 def estimate(cfg, tokens: dict, params: int, device: str, mfu: float | None = None) -> dict:
     """Predicted seconds and dollars for training and evaluation on `device`."""
-    tp = throughput(device, params, mfu, cfg.model.dtype if cfg.eval.dtype == "model" else cfg.eval.dtype)
+    tp = throughput(device, params, mfu, generation_dtype(cfg))
     steps, evals = train_steps(cfg, tokens["train_rows"])
     epochs = steps / _steps_per_epoch(cfg, tokens["train_rows"])
     train_s = (tokens["train"] * epochs + tokens["val"] * evals / 3) / tp["train"]

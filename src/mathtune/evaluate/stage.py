@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from mathtune.allocator import release_free_memory
+from mathtune.config import generation_dtype
 from mathtune.data.format import prompt_format
 from mathtune.distributed import barrier, gather, is_main, rank_and_world
 from mathtune.errors import MathtuneError
@@ -34,8 +35,7 @@ def load_for_eval(cfg, adapter: Path | None, device: str):
     if cfg.eval.decoder == "vllm":
         from mathtune.evaluate.vllm_backend import make_llm
 
-        dtype = cfg.model.dtype if cfg.eval.dtype == "model" else cfg.eval.dtype
-        return make_llm(ensure_local(cfg.model.name), adapter, dtype, cfg.eval.seed)
+        return make_llm(ensure_local(cfg.model.name), adapter, generation_dtype(cfg), cfg.eval.seed)
     model = load_model(cfg.model, device)
     if adapter is not None:
         from peft import PeftModel
