@@ -168,8 +168,10 @@ def test_full_split_benchmark_runs_and_takes_a_matching_runs_base_evaluation(tmp
     base = json.loads((tmp_path / "a" / "full.summary.json").read_text())
     (run / "eval.json").write_text(json.dumps({"base": base}))
     (run / "predictions" / "base.jsonl").write_text((tmp_path / "a" / "full.jsonl").read_text())
+    # The sweep runs again; given only the first run's batch size it cannot pick another one on timing noise.
+    again = [*small[:2], "--batch-sizes", str(a["settings"]["batch_size"]), *small[4:]]
     res = bench_script(
-        "eval_full_test_split.py", *small, "--from-run", run, "--keep", tmp_path / "b", "--out", tmp_path / "b.json"
+        "eval_full_test_split.py", *again, "--from-run", run, "--keep", tmp_path / "b", "--out", tmp_path / "b.json"
     )
     assert res.returncode == 0, res.stderr[-3000:]
     b = json.loads((tmp_path / "b.json").read_text())

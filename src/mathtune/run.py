@@ -22,6 +22,7 @@ from mathtune.config import Config, config_hash, config_to_yaml, diff_keys, load
 from mathtune.distributed import barrier, is_main, rank_and_world
 from mathtune.errors import MathtuneError
 from mathtune.io import atomic_write_json, atomic_write_text, read_json
+from mathtune.isolate import in_own_process
 
 PACKAGES = ("mathtune", "torch", "transformers", "peft", "trl", "accelerate", "datasets")
 
@@ -312,6 +313,10 @@ def run_stage(cfg: Config, run_dir: Path, s: Stage) -> None:
     barrier()
 
 
+def run_named_stage(cfg: Config, run_dir: Path, name: str) -> None:
+    run_stage(cfg, run_dir, stage(name))  # by name: a Stage holds closures, which cannot go to another process
+
+
 def run_all(cfg: Config, run_dir: Path) -> None:
     """Every stage in order: a finished one is skipped; from the first unfinished one on, each runs, and what later
     stages wrote before is removed first (it was made from inputs that are being remade)."""
@@ -327,7 +332,10 @@ def run_all(cfg: Config, run_dir: Path) -> None:
         redo = True
         if is_main():
             print(f"mathtune: {s.name} ...")
-        run_stage(cfg, run_dir, s)
+        if s.name == "train" and rank_and_world()[1] == 1:
+            in_own_process(run_named_stage, cfg, run_dir, s.name)  # isolate.py: what training leaves is not eval's
+        else:
+            run_stage(cfg, run_dir, s)
     if is_main():
         print(f"mathtune: report written to {run_dir / 'report.html'} and report.md")
 
