@@ -34,6 +34,27 @@ def test_gpu_training_benchmark_runs_on_a_2_layer_model_on_the_cpu(tmp_path, gsm
 
 
 @pytest.mark.slow
+def test_leftover_benchmark_finds_trainings_kernel_caches(tmp_path, gsm8k):
+    """The reason `mathtune run` trains in a process of its own: most of what training leaves allocated once it has
+    ended is compiled kernels (oneDNN's, ideep's, ATen's), which no Python object owns."""
+    out = tmp_path / "leftover.json"
+    res = bench_script("train_leftover_memory.py", "--steps", "1", "--gsm8k", gsm8k, "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    owners = r["by_owner_mb"]
+    assert set(owners) <= {
+        "onednn_primitive_cache",
+        "ideep_matmul_descriptors",
+        "aten_brgemm_kernels",
+        "mkl_buffers",
+        "other",
+    }
+    assert sum(owners.values()) == pytest.approx(r["leftover_mb"], abs=0.5) and r["leftover_allocations"] > 0
+    kernels = sum(v for k, v in owners.items() if k != "other")
+    assert kernels > owners.get("other", 0), owners
+
+
+@pytest.mark.slow
 def test_cpu_training_benchmark_runs_each_setting_in_its_own_process(tmp_path, gsm8k):
     out = tmp_path / "cpu.json"
     res = bench_script(

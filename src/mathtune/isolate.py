@@ -1,10 +1,11 @@
 """A function run in a fresh process of its own, for a stage whose leftovers must not weigh on the next one.
 
-Training leaves ~0.4 GB or more behind in its process that no Python object owns and no allocator can hand back:
-oneDNN's primitive cache, ideep's cache of matmul descriptors (1,024 entries, not bounded by oneDNN's variable)
-and ATen's brgemm kernels for flash attention, one per shape, all JIT code kept for the life of the process (found
-with memray; the README's Performance section has the figures). `mathtune run` therefore trains in a child process; the evaluation after it
-starts from a clean one. Under `accelerate launch` the stages stay in the launched processes.
+Training leaves ~0.34 GB behind in its process after two steps of the demo's training, more as it meets more
+shapes, that no Python object owns and no allocator can hand back: oneDNN's primitive cache, ideep's cache of
+matmul descriptors (1,024 entries, not bounded by oneDNN's variable) and ATen's brgemm kernels for flash attention,
+one per shape, all kept for the life of the process (bench/train_leftover_memory.py measures it). `mathtune run`
+therefore trains in a child process; the evaluation after it starts from a clean one. Under `accelerate launch`
+the stages stay in the launched processes.
 """
 
 from __future__ import annotations
