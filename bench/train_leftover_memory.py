@@ -44,11 +44,6 @@ def owner(frames: list[str]) -> str:
     return "other"
 
 
-def rss_gb() -> float:
-    kb = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmRSS:"))
-    return round(kb / 2**20, 3)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gsm8k", default=str(ROOT.parent / "shared" / "data" / "gsm8k"))
@@ -60,7 +55,7 @@ def main() -> None:
         import memray
     except ImportError:
         sys.exit("memray is not installed: pip install memray")
-    from mathtune import allocator
+    from mathtune import allocator, memory
 
     allocator.bound_onednn_cache()  # as the CLI does, before torch's first matrix product
     import torch
@@ -87,12 +82,12 @@ def main() -> None:
     from mathtune.train import stage  # noqa: F401
 
     allocator.release_free_memory()
-    before = rss_gb()
+    before = memory.resident_gb()
     trace = work / "train.bin"
     with memray.Tracker(trace, native_traces=True):
         run_named_stage(cfg, run, "train")
         allocator.release_free_memory()
-    after = rss_gb()
+    after = memory.resident_gb()
 
     by_owner, count = Counter(), 0
     for record in memray.FileReader(trace).get_leaked_allocation_records(merge_threads=True):

@@ -59,7 +59,7 @@ def in_own_process(fn, *args) -> None:
     proc.start()
     send.close()
     try:
-        outcome = recv.recv() if recv.poll(None) else None
+        outcome = recv.recv()
         proc.join()
     except EOFError:  # the child died without a word (killed)
         outcome = None
