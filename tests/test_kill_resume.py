@@ -24,6 +24,7 @@ OVERRIDES = [
     "eval.batch_size=2",
     "eval.max_new_tokens=16",
     "runtime.threads=1",
+    "runtime.train_in_own_process=true",  # as `mathtune run` trains by default: the kill reaches the trainer too
 ]
 
 
@@ -103,6 +104,12 @@ def test_metrics_have_no_duplicate_steps(runs):
     assert losses(killed) == pytest.approx(losses(clean), abs=1e-6)
     info = json.loads((killed / "train.json").read_text())
     assert info["resumed_from"].endswith("checkpoint-4") and info["steps"] == 8
+    # The trained tokens are counted over both sessions, in train.json and in every logged row.
+    clean_info = json.loads((clean / "train.json").read_text())
+    assert info["tokens"] == clean_info["tokens"] > 0
+    tokens = lambda run: [m["tokens"] for m in read_jsonl(run / "metrics.jsonl") if "train_loss" in m]  # noqa
+    assert tokens(killed) == tokens(clean) and tokens(clean)[-1] == clean_info["tokens"]
+    assert info["train_seconds"] > info["session_seconds"] > 0
 
 
 def test_a_checkpoint_cut_by_a_crash_is_skipped(tmp_path):

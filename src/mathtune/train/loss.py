@@ -41,7 +41,24 @@ def completion_loss(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, to
     return total, (targets != -100).sum(), correct
 
 
-class CompletionLossTrainer(SFTTrainer):
+class TokensInState:
+    """Trainer mixin: TRL counts the trained tokens in the trainer (num_tokens in the logs) and starts again from 0
+    on a resume. Here the count is also kept in TrainerState, which every checkpoint saves, so a resumed run goes on
+    counting from its checkpoint's figure (train.json's tokens, metrics.jsonl's)."""
+
+    def training_step(self, *args, **kwargs):
+        if self.state.num_input_tokens_seen > self._total_train_tokens:  # resumed: the checkpoint's count
+            self._total_train_tokens = self.state.num_input_tokens_seen
+        loss = super().training_step(*args, **kwargs)
+        self.state.num_input_tokens_seen = self._total_train_tokens
+        return loss
+
+
+class CountingSFTTrainer(TokensInState, SFTTrainer):
+    """TRL's SFTTrainer with its token count kept across resumes (the GPU path)."""
+
+
+class CompletionLossTrainer(TokensInState, SFTTrainer):
     """SFTTrainer whose loss is completion_loss: the same loss (token sum over the step's token count), the same
     logged metrics (loss, mean_token_accuracy, num_tokens), less work per step on a CPU."""
 

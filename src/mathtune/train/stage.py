@@ -119,9 +119,8 @@ def make_trainer(cfg, device: str, tokenizer, args, train_dataset, eval_dataset=
     changes, the configured batch layout, and on a CPU the answer-token loss of train/loss.py (TRL's fused LM head
     projects every position there, prompt included, and computes entropies; on Triton devices it does not)."""
     from transformers import PrinterCallback, set_seed
-    from trl import SFTTrainer
 
-    from mathtune.train.loss import CompletionLossTrainer
+    from mathtune.train.loss import CompletionLossTrainer, CountingSFTTrainer
 
     set_seed(cfg.train.seed)  # LoRA's A matrices are drawn here, so every run of a config starts from the same ones
     model = lora_model(load_model(cfg.model, device), cfg.lora, bf16_autocast=cfg.train.bf16)
@@ -129,7 +128,7 @@ def make_trainer(cfg, device: str, tokenizer, args, train_dataset, eval_dataset=
         from mathtune.train.packing import use_packed_attention
 
         use_packed_attention(model)
-    trainer_class = CompletionLossTrainer if device == "cpu" else SFTTrainer
+    trainer_class = CompletionLossTrainer if device == "cpu" else CountingSFTTrainer
     trainer = trainer_class(
         model=model,
         args=args,
@@ -218,9 +217,11 @@ def run_train(cfg, run_dir: Path) -> dict:
         "early_stopped": state.global_step < planned,
         "best_step": _step_of(state.best_model_checkpoint),
         "best_val_loss": state.best_metric,
-        "train_seconds": round(seconds, 2),
+        # Over every session of a resumed training: the seconds before its checkpoint as metrics.jsonl logged them.
+        "train_seconds": round(logger.elapsed_before + seconds, 2),
+        "session_seconds": round(seconds, 2),
         "train_loss_mean": result.training_loss,
-        "tokens": int(getattr(trainer, "_total_train_tokens", 0)),
+        "tokens": int(state.num_input_tokens_seen),  # every session's (loss.TokensInState)
         "batching": batching(cfg, device),
         "resumed_from": str(resume_from) if resume_from else None,
         "mlflow_run_id": getattr(trainer, "mlflow_run_id", None),
