@@ -24,8 +24,9 @@ import os
 import sys
 import tempfile
 from collections import Counter
-from datetime import date
 from pathlib import Path
+
+import record  # bench/record.py: a script's own folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 OWNERS = (  # (owner, a substring of a native frame's function name), the first match wins
@@ -58,10 +59,9 @@ def main() -> None:
     from mathtune import allocator, memory
 
     allocator.bound_onednn_cache()  # as the CLI does, before torch's first matrix product
-    import torch
 
     from mathtune.config import load_config
-    from mathtune.run import cpu_model, open_run, run_named_stage
+    from mathtune.run import open_run, run_named_stage
 
     overrides = [
         f"data.path={args.gsm8k}",
@@ -90,9 +90,9 @@ def main() -> None:
     after = memory.resident_gb()
 
     by_owner, count = Counter(), 0
-    for record in memray.FileReader(trace).get_leaked_allocation_records(merge_threads=True):
-        frames = [f[0] for f in record.native_stack_trace(max_stacks=40)]
-        by_owner[owner(frames)] += record.size
+    for leak in memray.FileReader(trace).get_leaked_allocation_records(merge_threads=True):
+        frames = [f[0] for f in leak.native_stack_trace(max_stacks=40)]
+        by_owner[owner(frames)] += leak.size
         count += 1
     total = sum(by_owner.values())
     result = {
@@ -107,12 +107,8 @@ def main() -> None:
         "by_owner_mb": {k: round(v / 1e6, 1) for k, v in by_owner.most_common()},
         "rss_gb_before_train": before,
         "rss_gb_after_train": after,
-        "command": "python bench/train_leftover_memory.py " + " ".join(sys.argv[1:]),
-        "machine": {"cores": len(os.sched_getaffinity(0)), "cpu": cpu_model(), "torch": torch.__version__},
-        "date": date.today().isoformat(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    result = record.write(args.out, result)
     print(
         json.dumps({k: result[k] for k in ("leftover_mb", "by_owner_mb", "rss_gb_before_train", "rss_gb_after_train")})
     )

@@ -3,6 +3,7 @@ Their figures are not checked here: speed lives in bench/results, measured on re
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +39,8 @@ def test_leftover_benchmark_finds_trainings_kernel_caches(tmp_path, gsm8k):
     """The reason `mathtune run` trains in a process of its own: most of what training leaves allocated once it has
     ended is compiled kernels (oneDNN's, ideep's, ATen's), which no Python object owns."""
     out = tmp_path / "leftover.json"
-    res = bench_script("train_leftover_memory.py", "--steps", "1", "--gsm8k", gsm8k, "--out", out)
+    args = ["--config", tiny_bf16_config(tmp_path), "--steps", "1", "--gsm8k", gsm8k, "--out", out]
+    res = bench_script("train_leftover_memory.py", *args)
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     owners = r["by_owner_mb"]
@@ -52,6 +54,32 @@ def test_leftover_benchmark_finds_trainings_kernel_caches(tmp_path, gsm8k):
     assert sum(owners.values()) == pytest.approx(r["leftover_mb"], abs=0.5) and r["leftover_allocations"] > 0
     kernels = sum(v for k, v in owners.items() if k != "other")
     assert kernels > owners.get("other", 0), owners
+
+
+def tiny_bf16_config(tmp_path) -> Path:
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    cfg["train"]["bf16"] = True  # bf16 autocast: oneDNN's and ATen's kernels, as on the demo, on a 2-layer model
+    (tmp_path / "tiny-bf16.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path / "tiny-bf16.yaml"
+
+
+@pytest.mark.slow
+def test_saved_tensors_benchmark_sums_what_each_forward_keeps(tmp_path, gsm8k):
+    """What autograd saves grows with the tokens of a forward; the LoRA dropout's inputs and masks are part of it."""
+    out = tmp_path / "saved.json"
+    args = ["--config", tiny_bf16_config(tmp_path), "--rows-per-forward", "1,4", "--gsm8k", gsm8k, "--out", out]
+    res = bench_script("train_saved_tensors.py", *args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    one, four = r["forwards"]
+    assert (one["rows"], four["rows"]) == (1, 4) and four["tokens"] > 2 * one["tokens"]
+    assert four["saved_mb"] > one["saved_mb"] and r["saved_kb_per_token"] > 0
+    for f in (one, four):
+        assert sum(f["by_kind_mb"].values()) == pytest.approx(f["saved_mb"], abs=0.5)
+        assert f["by_kind_mb"]["lora_A_inputs"] > 0 and f["by_kind_mb"]["lora_dropout_masks"] > 0
+        assert f["by_kind_mb"]["weight_copies"] == one["by_kind_mb"]["weight_copies"]  # once per forward
 
 
 @pytest.mark.slow
@@ -150,7 +178,7 @@ def test_estimate_takes_a_measured_mfu():
     from mathtune.estimate import estimate
 
     cfg = load_config(ROOT / "configs" / "gemma2-9b-gsm8k.yaml")
-    tokens = {"train_rows": 6725, "train": 1_300_000, "val": 50_000, "test_questions": 1319, "test_generated": 200_000}
+    tokens = {"train_rows": 6725, "train": 1_300_000, "val": 50_000, "test_questions": 1319, "test_reference": 200_000}
     assumed = estimate(cfg, tokens, 9_240_000_000, "NVIDIA H100 80GB HBM3")
     measured = estimate(cfg, tokens, 9_240_000_000, "NVIDIA H100 80GB HBM3", mfu=0.7)
     assert measured["train_seconds"] == pytest.approx(assumed["train_seconds"] * 0.35 / 0.7, rel=1e-3)
@@ -189,24 +217,23 @@ def test_full_split_benchmark_runs_and_takes_a_matching_runs_base_evaluation(tmp
     base = json.loads((tmp_path / "a" / "full.summary.json").read_text())
     (run / "eval.json").write_text(json.dumps({"base": base}))
     (run / "predictions" / "base.jsonl").write_text((tmp_path / "a" / "full.jsonl").read_text())
-    # The sweep runs again; given only the first run's batch size it cannot pick another one on timing noise.
-    again = [*small[:2], "--batch-sizes", str(a["settings"]["batch_size"]), *small[4:]]
-    res = bench_script(
-        "eval_full_test_split.py", *again, "--from-run", run, "--keep", tmp_path / "b", "--out", tmp_path / "b.json"
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    b = json.loads((tmp_path / "b.json").read_text())
-    assert b["command"].startswith("mathtune run") and b["peak_rss_gb"] is None
-    assert (b["n"], b["correct"], b["generated_tokens"]) == (3, a["correct"], a["generated_tokens"])
-
-    # Another token limit is another benchmark: the run is refused, with the key that differs.
+    # The benchmark takes its base evaluation (in this process: what `--from-run RUN` does first), not reruns it.
     sys_path = str(ROOT / "bench")
     import sys
 
     sys.path.insert(0, sys_path)
     try:
-        from eval_full_test_split import from_run
+        from eval_full_test_split import MODEL, from_run
 
+        wanted = ["eval.max_new_tokens=8", "eval.dtype=float32", f"eval.batch_size={a['settings']['batch_size']}"]
+        cfg = load_config(ROOT / "configs" / "full-cpu.yaml", [f"model.name={MODEL}", *wanted, "eval.limit=null"])
+        (tmp_path / "b").mkdir()
+        b = from_run(run, cfg, tmp_path / "b")
+        assert b["command"].startswith("mathtune run") and b["peak_rss_gb"] is None
+        assert (b["n"], b["correct"], b["generated_tokens"]) == (3, a["correct"], a["generated_tokens"])
+        assert (tmp_path / "b" / "full.jsonl").read_text() == (tmp_path / "a" / "full.jsonl").read_text()
+
+        # Another token limit is another benchmark: the run is refused, with the key that differs.
         overrides = ["eval.max_new_tokens=16", "eval.batch_size=2", "eval.limit=null"]
         cfg = load_config(ROOT / "configs" / "full-cpu.yaml", ["model.name=smollm2-135m-instruct", *overrides])
         assert from_run(run, cfg, tmp_path) is None

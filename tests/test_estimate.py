@@ -8,7 +8,7 @@ import pytest
 from mathtune.config import load_config
 from mathtune.data.format import sft_example
 from mathtune.data.sources import from_jsonl
-from mathtune.estimate import GPUS, THROUGHPUT, count_tokens, estimate, throughput, train_steps
+from mathtune.estimate import ANSWER_LENGTH, GPUS, THROUGHPUT, count_tokens, estimate, throughput, train_steps
 from mathtune.models import load_tokenizer
 
 from conftest import ROOT, mathtune_cli
@@ -25,7 +25,7 @@ def test_cpu_figures_are_the_committed_benchmarks():
 
 
 def test_generation_is_costed_at_the_rate_of_its_dtype():
-    tokens = {"train_rows": 8, "train": 2000, "val": 0, "test_questions": 10, "test_generated": 100_000}
+    tokens = {"train_rows": 8, "train": 2000, "val": 0, "test_questions": 1000, "test_reference": 100_000}
     cfg = load_config(ROOT / "configs" / "full-cpu.yaml")  # model.dtype float32, eval.dtype "model"
     fp32 = estimate(cfg, tokens, THROUGHPUT["cpu"]["params"], "cpu")
     bf16 = estimate(
@@ -35,9 +35,29 @@ def test_generation_is_costed_at_the_rate_of_its_dtype():
         "cpu",
     )
     rates = THROUGHPUT["cpu"]["eval_tokens_per_s"]
-    assert fp32["eval_seconds"] == pytest.approx(2 * 100_000 / rates["float32"], abs=0.1)
-    assert bf16["eval_seconds"] == pytest.approx(2 * 100_000 / rates["bfloat16"], abs=0.1)
+    both = (ANSWER_LENGTH["base"] + ANSWER_LENGTH["finetuned"]) * 100_000
+    assert fp32["eval_seconds"] == pytest.approx(both / rates["float32"], abs=0.1)
+    assert bf16["eval_seconds"] == pytest.approx(both / rates["bfloat16"], abs=0.1)
     assert "generation in bfloat16" in bf16["basis"] and "generation in float32" in fp32["basis"]
+
+
+def test_answer_lengths_are_the_full_studys():
+    """ANSWER_LENGTH is what the committed full study's models wrote: generated / reference tokens, both capped."""
+    cfg = load_config(ROOT / "configs" / "full-cpu.yaml")
+    tok = load_tokenizer(cfg.model)
+    cap = cfg.eval.max_new_tokens
+    for model, factor in ANSWER_LENGTH.items():
+        rows = [json.loads(line) for line in (ROOT / "examples/full-study/predictions" / f"{model}.jsonl").open()]
+        reference = sum(min(len(tok(r["reference"], add_special_tokens=False)["input_ids"]) + 1, cap) for r in rows)
+        assert len(rows) == 1319 and factor == round(sum(r["generated_tokens"] for r in rows) / reference, 3)
+
+
+def test_generation_is_capped_at_the_token_limit():
+    cfg = load_config(ROOT / "configs" / "full-cpu.yaml")  # 256 new tokens
+    tokens = {"train_rows": 8, "train": 2000, "val": 0, "test_questions": 10, "test_reference": 2000}
+    e = estimate(cfg, tokens, THROUGHPUT["cpu"]["params"], "cpu")
+    assert e["generated_tokens"] == {"base": 2560, "finetuned": 2514}  # 1.656 x 2000 > 10 x 256
+    assert "base 1.656x, fine-tuned 1.257x the reference answers" in e["basis"]
 
 
 def test_chat_rows_are_counted_in_tokens(gsm8k):
@@ -54,7 +74,7 @@ def test_chat_rows_are_counted_in_tokens(gsm8k):
         expected += len(tok(text, add_special_tokens=False)["input_ids"])
     assert got["train"] == expected and got["train"] > 3 * 100  # GSM8K rows in the template: 150-500 tokens
     assert got["train_rows"] == 3 and got["val"] == 0 and got["test_questions"] == 2
-    assert got["test_generated"] == sum(len(tok(r["answer"])["input_ids"]) + 1 for r in test)
+    assert got["test_reference"] == sum(len(tok(r["answer"])["input_ids"]) + 1 for r in test)
 
 
 def test_steps_and_validation_passes():
@@ -65,7 +85,7 @@ def test_steps_and_validation_passes():
 
 def test_gpu_estimate_follows_the_flop_model():
     cfg = load_config(ROOT / "configs" / "gemma2-9b-gsm8k.yaml")
-    tokens = {"train_rows": 4, "train": 1_000_000, "val": 0, "test_generated": 0, "test_questions": 64}
+    tokens = {"train_rows": 4, "train": 1_000_000, "val": 0, "test_reference": 0, "test_questions": 64}
     e = estimate(cfg, tokens, 9_000_000_000, "H100")
     per_s = GPUS["H100"]["peak_flops"] * 0.35 / (4 * 9e9)
     assert e["train_seconds"] == pytest.approx(3 * 1_000_000 / per_s, rel=1e-3)  # 3 epochs of one step each

@@ -79,3 +79,18 @@ def test_the_child_dies_with_its_parent(tmp_path):
         time.sleep(0.2)
     stat = Path(f"/proc/{child}/stat")
     assert not stat.exists() or stat.read_text().split()[2] == "Z", f"child {child} outlived its parent"
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_run_trains_in_its_own_process_unless_told_not_to(tmp_path, monkeypatch, own):
+    from mathtune import run
+    from mathtune.config import load_config
+
+    from conftest import ROOT
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"runtime.train_in_own_process={str(own).lower()}"])
+    where = []
+    monkeypatch.setattr(run, "run_stage", lambda cfg, run_dir, s: where.append((s.name, "here")))
+    monkeypatch.setattr(run, "in_own_process", lambda fn, cfg, run_dir, name: where.append((name, "own")))
+    run.run_all(cfg, tmp_path)
+    assert where == [("data", "here"), ("train", "own" if own else "here"), ("eval", "here"), ("report", "here")]

@@ -197,6 +197,10 @@ class CostConfig(_Strict):
 class RuntimeConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Optional[int] = Field(None, gt=0)  # torch CPU threads; None = all cores
+    # `mathtune run` trains in a spawned process (isolate.py), so that the kernel caches training leaves (~0.4 GB
+    # on the demo) are not the evaluation's; false trains in the run's own process and saves that process's start
+    # (a fresh interpreter importing torch and transformers: ~6 s). Under `accelerate launch` training is in-process.
+    train_in_own_process: bool = True
 
 
 class Config(_Strict):

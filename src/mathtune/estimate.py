@@ -2,8 +2,9 @@
 
 Training: tokens of the training rows (prompt and answer, in the format they are trained in) x epochs, plus the
 validation passes (a forward pass costs about a third of a training step), over tokens/s. Evaluation: the test
-questions' generated tokens, taken as their reference answers' length (capped at eval.max_new_tokens), over
-generated tokens/s; the base model too when eval.base.
+questions' generated tokens over generated tokens/s, the base model too when eval.base. A model's answers are taken
+as long as the full study measured them against the reference answers (ANSWER_LENGTH: both capped at
+eval.max_new_tokens), so a chatty base model is not costed at the references' length.
 
 Throughput comes from the committed benchmarks where one matches the device (THROUGHPUT, checked against
 bench/results by a test); a model of another size is scaled by its parameter count (tokens/s ~ 1/N at a fixed
@@ -34,6 +35,11 @@ THROUGHPUT = {
         },
     },
 }
+# Generated tokens / reference answer tokens (each capped at 256 new tokens), over the 1,319 test questions of
+# examples/full-study/predictions (SmolLM2-135M-Instruct, chat protocol): base models write longer answers than
+# GSM8K's (and hit the limit more often); fine-tuning brings them closer. The demo measured 1.62 and 1.33.
+ANSWER_LENGTH = {"base": 1.656, "finetuned": 1.257}
+ANSWER_LENGTH_SOURCE = "examples/full-study/predictions"
 # Dense bf16 peak FLOP/s and memory bandwidth (bytes/s) of the GPUs in the price table (vendor data sheets).
 GPUS = {
     "H100": {"peak_flops": 989e12, "bandwidth": 3.35e12},
@@ -62,7 +68,7 @@ def count_params(model_name: str) -> int:
 
 
 def count_tokens(cfg, rows: dict[str, list[dict]], tokenizer) -> dict:
-    """Training tokens (prompt + answer, as trained) of train and val; expected generated tokens of test."""
+    """Training tokens (prompt + answer, as trained) of train and val; test's reference answers in tokens."""
     from mathtune.data.format import prompt_format, sft_example
 
     fmt = prompt_format(cfg.model, tokenizer)
@@ -81,7 +87,7 @@ def count_tokens(cfg, rows: dict[str, list[dict]], tokenizer) -> dict:
         "train_rows": len(rows["train"]),
         "train": sum(map(trained, rows["train"])),
         "val": sum(map(trained, rows["val"])),
-        "test_generated": sum(answer_tokens),
+        "test_reference": sum(answer_tokens),
         "test_questions": len(rows["test"]),
     }
 
@@ -133,18 +139,21 @@ def estimate(cfg, tokens: dict, params: int, device: str, mfu: float | None = No
     steps, evals = train_steps(cfg, tokens["train_rows"])
     epochs = steps / _steps_per_epoch(cfg, tokens["train_rows"])
     train_s = (tokens["train"] * epochs + tokens["val"] * evals / 3) / tp["train"]
-    models = 2 if cfg.eval.base else 1
+    models = ("base", "finetuned") if cfg.eval.base else ("finetuned",)
+    most = tokens["test_questions"] * cfg.eval.max_new_tokens
+    generated = {m: round(min(ANSWER_LENGTH[m] * tokens["test_reference"], most)) for m in models}
     if "eval" in tp:
-        eval_s = models * tokens["test_generated"] / tp["eval"]
+        eval_s = sum(generated.values()) / tp["eval"]
     else:  # a batch decodes until its longest answer ends: max_new_tokens steps when any is cut
         batches = math.ceil(tokens["test_questions"] / cfg.eval.batch_size)
-        eval_s = models * batches * cfg.eval.max_new_tokens * tp["eval_step_seconds"]
+        eval_s = len(models) * batches * cfg.eval.max_new_tokens * tp["eval_step_seconds"]
     price = hourly_price(cfg.cost.model_dump(), None if device == "cpu" else device)
     hours = (train_s + eval_s) / 3600
     return {
         "device": device,
         "params": params,
         "tokens": tokens,
+        "generated_tokens": generated,
         "steps": steps,
         "validation_passes": evals,
         "train_seconds": round(train_s, 1),
@@ -152,7 +161,8 @@ def estimate(cfg, tokens: dict, params: int, device: str, mfu: float | None = No
         "gpu_hours": 0.0 if device == "cpu" else round(hours, 4),
         "price_per_hour": price["price_per_hour"],
         "dollars": round(hours * price["price_per_hour"], 2),
-        "basis": tp["basis"],
+        "basis": f"{tp['basis']}; answers as long as the full study's ({ANSWER_LENGTH_SOURCE}: "
+        f"base {ANSWER_LENGTH['base']}x, fine-tuned {ANSWER_LENGTH['finetuned']}x the reference answers)",
     }
 
 
@@ -181,7 +191,9 @@ def format_estimate(e: dict) -> str:
     lines = [
         f"device: {e['device']}; model: {e['params'] / 1e9:.2f}B parameters; tokenizer: {e['tokenizer']}",
         f"data: {t['train_rows']} training rows, {t['train']:,} tokens per epoch; {t['val']:,} validation tokens; "
-        f"{t['test_questions']} test questions, ~{t['test_generated']:,} generated tokens per model",
+        f"{t['test_questions']} test questions, reference answers {t['test_reference']:,} tokens; expected "
+        + ", ".join(f"{m} ~{n:,}" for m, n in e["generated_tokens"].items())
+        + " generated tokens",
         f"training: {e['steps']} steps, {e['validation_passes']} validation passes: {e['train_seconds'] / 3600:.2f} h",
         f"evaluation: {e['eval_seconds'] / 3600:.2f} h",
         f"cost: {e['gpu_hours']:.2f} GPU-hours x ${e['price_per_hour']:.2f}/h = ${e['dollars']:.2f}"

@@ -335,7 +335,7 @@ def run_all(cfg: Config, run_dir: Path) -> None:
         redo = True
         if is_main():
             print(f"mathtune: {s.name} ...")
-        if s.name == "train" and rank_and_world()[1] == 1:
+        if s.name == "train" and rank_and_world()[1] == 1 and cfg.runtime.train_in_own_process:
             in_own_process(run_named_stage, cfg, run_dir, s.name)  # isolate.py: what training leaves is not eval's
         else:
             run_stage(cfg, run_dir, s)
