@@ -13,7 +13,8 @@ dropout 0.1 on all linear layers, batch 8, lr 2e-4, seed 42.
 - levers: fewer steps (a rate), each the named change on its own: TRL's settings switched on in turn, then mathtune's
   path with one of its parts taken out or changed (NOTE says which).
 
-Tokens are the non-padding tokens trained on. Peak RSS is sampled from /proc every 50 ms in each setting's own process.
+Tokens are the non-padding tokens trained on. Peak RSS is Linux's high-water mark (VmHWM), reset as a setting starts, in its own process (the committed
+JSON of 2026-11-27 sampled VmRSS every 50 ms instead: a peak shorter than that could be missed).
 Writes bench/results/train_throughput_cpu.json.
 
     python bench/train_throughput.py --gsm8k ../shared/data/gsm8k [--steps 32] [--lever-steps 8]
@@ -27,10 +28,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import date
 from pathlib import Path
+
+from mathtune import memory  # /proc only: imports nothing that reads the allocator settings
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTE = (
@@ -46,24 +48,15 @@ LIMIT_LENGTHS = (256, 512, 1024)
 
 
 class PeakRSS:
-    """Highest resident set size seen while the block runs (sampled from /proc every 50 ms)."""
+    """Highest resident set size while the block runs: Linux's high-water mark, reset at the block's start
+    (mathtune/memory.py, as a run's stages measure theirs)."""
 
     def __enter__(self):
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        memory.reset_peak()
         return self
 
-    def _sample(self):
-        while not self._stop.is_set():
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    self.peak = max(self.peak, int(line.split()[1]) * 1024)
-            self._stop.wait(0.05)
-
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+        self.peak_gb = memory.peak_gb()
 
 
 def _losses_callback():
@@ -135,7 +128,7 @@ def timed_train(trainer, losses) -> dict:
         "tokens": tokens,
         "seconds": round(seconds, 2),
         "tokens_per_s": round(tokens / seconds, 2),
-        "peak_rss_gb": round(rss.peak / 2**30, 2),
+        "peak_rss_gb": rss.peak_gb,
         "losses": losses.rows,
         "final_loss": losses.rows[-1]["loss"] if losses.rows else None,
     }
@@ -262,7 +255,7 @@ def run_limit(cfg, dataset, length: int, tokens_per_step: int = 2048, per_forwar
         "tokens": tokens,
         "seconds": round(seconds, 2),
         "tokens_per_s": round(tokens / seconds, 2),
-        "peak_rss_gb": round(rss.peak / 2**30, 2),
+        "peak_rss_gb": rss.peak_gb,
         "losses": losses,
         "final_loss": losses[-1]["loss"],
     }
