@@ -81,3 +81,14 @@ def test_gemma3_assembles_and_loads(tmp_path, monkeypatch):
     tok = AutoTokenizer.from_pretrained(folder)
     assert not tok.chat_template  # a base model: the plain prompt format
     assert tok("Question: 1+1?\nAnswer:")["input_ids"][0] == tok.bos_token_id  # Gemma needs BOS
+
+
+def test_one_gguf_reader_serves_every_read_while_dequantizing():
+    import gguf
+
+    original = gguf.GGUFReader
+    folder, name = models._gguf_source(models.SMOLLM2)
+    with models._gguf_read_once():
+        first = gguf.GGUFReader(folder / name)
+        assert gguf.GGUFReader(folder / name) is first and isinstance(first, original)
+    assert gguf.GGUFReader is original

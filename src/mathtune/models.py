@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -70,13 +71,37 @@ def _write_folder_atomically(final: Path, fill) -> Path:
     return final
 
 
+@contextmanager
+def _gguf_read_once():
+    """transformers opens the GGUF again for the tokenizer's config, the tokenizer, the model's config and the
+    weights, and gguf's reader parses the whole metadata each time: 12 s on 2 cores for Gemma-3's 262,144-token
+    vocabulary. Within this block one reader per file serves them all (transformers imports gguf.GGUFReader
+    where it reads, so this is where it finds the shared one)."""
+    import gguf
+
+    original, readers = gguf.GGUFReader, {}
+
+    def shared(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = original(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def dequantize_gguf(folder: Path, gguf_file: str, out: Path) -> Path:
     """Load a GGUF with transformers (which dequantizes to float32) and save it as plain safetensors."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     def fill(tmp: Path) -> None:
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
+        with _gguf_read_once():
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
         # Without this the saved config still says quant_method=gguf and the Trainer refuses it.
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
