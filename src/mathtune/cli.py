@@ -263,20 +263,6 @@ def grade(src, dst) -> None:
     )
 
 
-def _quiet_libraries() -> None:
-    """What the libraries print that says nothing to a mathtune user: hub retry chatter (an unknown model name is one
-    error line, not twenty warnings), datasets' per-map progress bars (each stage shows one progress display of its
-    own, mathtune/progress.py), and a deprecation inside PEFT's own calls (is_gradient_checkpointing)."""
-    import os
-    import warnings
-
-    from huggingface_hub.utils import logging as hub_logging
-
-    hub_logging.set_verbosity_error()
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
-
-
 def _close_bars() -> None:
     """Close open progress bars before the error line, so that the error is the last thing on stderr."""
     from tqdm import tqdm
@@ -292,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
 
         bound_onednn_cache()  # before the restart, so the restarted process inherits it
         restart_under_tcmalloc(args)
-    _quiet_libraries()
+    from mathtune.progress import quiet_libraries
+
+    quiet_libraries()
     try:
         cli.main(args=args, prog_name="mathtune", standalone_mode=False)
     except MathtuneError as e:

@@ -59,3 +59,17 @@ def progress(total: int, desc: str, unit: str, initial: int = 0):
 
         return tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True)
     return Lines(total, desc, unit, initial)
+
+
+def quiet_libraries() -> None:
+    """What the libraries print that says nothing to a mathtune user: hub retry chatter (an unknown model name is one
+    error line, not twenty warnings), datasets' per-map progress bars (each stage shows one progress display of its
+    own, mathtune/progress.py), and a deprecation inside PEFT's own calls (is_gradient_checkpointing)."""
+    import os
+    import warnings
+
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)

@@ -314,9 +314,9 @@ def run_stage(cfg: Config, run_dir: Path, s: Stage) -> None:
 
 
 def run_named_stage(cfg: Config, run_dir: Path, name: str) -> None:
-    from mathtune.cli import _quiet_libraries
+    from mathtune.progress import quiet_libraries
 
-    _quiet_libraries()  # a spawned process starts with the libraries' own warnings and progress bars
+    quiet_libraries()  # a spawned process starts with the libraries' own warnings and progress bars
     run_stage(cfg, run_dir, stage(name))  # by name: a Stage holds closures, which cannot go to another process
 
 
