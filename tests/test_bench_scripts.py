@@ -135,6 +135,13 @@ def test_committed_results_have_their_fields():
     assert pair["peak_rss_gb"] == {"64": capped["peak_rss_gb"], "1024": default["peak_rss_gb"]}
     assert pair["speed_ratio_64_over_1024"] == round(capped["tokens_per_s"] / default["tokens_per_s"], 3)
     assert pair["same_final_loss"] == (capped["final_loss"] == default["final_loss"])
+    # Saved tensors per forward: the per-token figure the README cites is the slope between its two forwards.
+    saved = json.loads((ROOT / "bench" / "results" / "train_saved_tensors_cpu.json").read_text())
+    first, last = saved["forwards"][0], saved["forwards"][-1]
+    slope = (last["saved_mb"] - first["saved_mb"]) / (last["tokens"] - first["tokens"]) * 1e3
+    assert saved["saved_kb_per_token"] == round(slope, 1) and "machine" in saved and "date" in saved
+    for f in saved["forwards"]:
+        assert sum(f["by_kind_mb"].values()) == pytest.approx(f["saved_mb"], abs=0.5)
 
 
 @pytest.mark.slow
