@@ -42,8 +42,9 @@ def kind(module: str) -> str:
     return next((k for k, pattern in KINDS if re.search(pattern, module)), "other")
 
 
-def saved_by_module(model, run_forward) -> tuple[Counter, int]:
-    """Bytes autograd saves during run_forward(), by the (layer-less) name of the innermost module running."""
+def saved_by_module(model, run_forward) -> tuple[Counter, object]:
+    """Bytes autograd saves during run_forward(), by the (layer-less) name of the innermost module running, and
+    what run_forward returned."""
     running, seen, by_module = [], set(), Counter()
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     hooks = []
@@ -86,7 +87,11 @@ def main() -> None:
     import datasets
 
     from mathtune.config import load_config
+    from mathtune.data.format import prompt_format
+    from mathtune.io import read_jsonl
+    from mathtune.models import load_tokenizer
     from mathtune.run import open_run, run_named_stage
+    from mathtune.train.stage import sft_dataset
 
     datasets.disable_progress_bars()
     cfg = load_config(args.config, [f"data.path={args.gsm8k}"])
@@ -95,7 +100,9 @@ def main() -> None:
     run = Path(tempfile.mkdtemp(prefix="mathtune-saved-")) / "run"
     open_run(cfg, run, resume=False, force=False)
     run_named_stage(cfg, run, "data")
-    measured = [measure(cfg, run, int(n)) for n in args.rows_per_forward.split(",")]
+    tokenizer = load_tokenizer(cfg.model)
+    train = sft_dataset(read_jsonl(run / "data" / "train.jsonl"), prompt_format(cfg.model, tokenizer), cfg.model)
+    measured = [measure(cfg, run, tokenizer, train, int(n)) for n in args.rows_per_forward.split(",")]
     first, last = measured[0], measured[-1]
     slope = (last["saved_mb"] - first["saved_mb"]) / max(1, last["tokens"] - first["tokens"]) * 1e3
     result = {
@@ -111,23 +118,14 @@ def main() -> None:
         print(json.dumps({k: m[k] for k in ("rows", "tokens", "saved_mb", "by_kind_mb")}))
 
 
-def measure(cfg, run: Path, rows: int) -> dict:
+def measure(cfg, run: Path, tokenizer, train, rows: int) -> dict:
     """Saved tensors of mathtune's first training forward at `rows` rows per forward."""
-    import datasets
     import torch
 
-    from mathtune.data.format import prompt_format, sft_example
-    from mathtune.io import read_jsonl
-    from mathtune.models import load_tokenizer
     from mathtune.train.loss import completion_loss
     from mathtune.train.stage import make_trainer, sft_args
 
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"rows_per_forward": rows})})
-    tokenizer = load_tokenizer(cfg.model)
-    fmt = prompt_format(cfg.model, tokenizer)
-    train = datasets.Dataset.from_list(
-        [sft_example(r, fmt, cfg.model) for r in read_jsonl(run / "data" / "train.jsonl")]
-    )
     trainer = make_trainer(cfg, "cpu", tokenizer, sft_args(cfg, run, "cpu"), train, train)
     batch = next(iter(trainer.get_train_dataloader()))
     model = trainer.model.train()

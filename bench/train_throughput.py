@@ -13,8 +13,9 @@ dropout 0.1 on all linear layers, batch 8, lr 2e-4, seed 42.
 - levers: fewer steps (a rate), each the named change on its own: TRL's settings switched on in turn, then mathtune's
   path with one of its parts taken out or changed (NOTE says which).
 
-Tokens are the non-padding tokens trained on. Peak RSS is Linux's high-water mark (VmHWM), reset as a setting starts, in its own process (the committed
-JSON of 2026-11-27 sampled VmRSS every 50 ms instead: a peak shorter than that could be missed).
+Tokens are the non-padding tokens trained on. Peak RSS is Linux's high-water mark (VmHWM), reset as a setting
+starts, in its own process (the committed JSON of 2026-11-27 sampled VmRSS every 50 ms instead: a peak shorter
+than that could be missed).
 Writes bench/results/train_throughput_cpu.json.
 
     python bench/train_throughput.py --gsm8k ../shared/data/gsm8k [--steps 32] [--lever-steps 8]
@@ -333,16 +334,14 @@ def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
 
 
 def child(spec: dict, gsm8k: str, config: str, n_rows: int) -> dict:
-    import datasets
     import torch
 
     from mathtune.config import load_config
-    from mathtune.data.format import sft_example
     from mathtune.data.sources import from_jsonl
+    from mathtune.train.stage import sft_dataset
 
     cfg = load_config(config, [f"data.path={gsm8k}", *spec.get("overrides", [])])
-    rows = from_jsonl(Path(gsm8k), "train")[:n_rows]
-    dataset = datasets.Dataset.from_list([sft_example(r, "chat", cfg.model) for r in rows])
+    dataset = sft_dataset(from_jsonl(Path(gsm8k), "train")[:n_rows], "chat", cfg.model)
     tmp = tempfile.mkdtemp(prefix="mathtune-bench-")
     if spec["kind"] == "trl":
         result = run_trl(cfg, dataset, tmp, spec["steps"], **spec.get("levers", {}))

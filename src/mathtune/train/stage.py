@@ -29,6 +29,13 @@ def batching(cfg, device: str) -> str:
     return "padding_free" if cfg.model.attn_implementation == "flash_attention_2" else "padded"
 
 
+def sft_dataset(rows: list[dict], fmt: str, model_cfg):
+    """The rows as TRL's prompt-completion dataset in `fmt` (what the Trainer and the training benchmarks train on)."""
+    import datasets
+
+    return datasets.Dataset.from_list([sft_example(r, fmt, model_cfg) for r in rows])
+
+
 def sft_args(cfg, run_dir: Path, device: str, resuming: bool = False):
     from trl import SFTConfig
 
@@ -144,7 +151,6 @@ def make_trainer(cfg, device: str, tokenizer, args, train_dataset, eval_dataset=
 
 
 def run_train(cfg, run_dir: Path) -> dict:
-    import datasets
     import torch
     from transformers import EarlyStoppingCallback
 
@@ -163,7 +169,6 @@ def run_train(cfg, run_dir: Path) -> dict:
     val_rows = read_jsonl(run_dir / "data" / "val.jsonl")
     if not train_rows or not val_rows:
         raise MathtuneError(f"{run_dir / 'data'}: the train and validation splits must both have rows")
-    to_ds = lambda rows: datasets.Dataset.from_list([sft_example(r, fmt, cfg.model) for r in rows])  # noqa: E731
 
     resume_from = last_checkpoint(run_dir)
     if is_main:
@@ -189,8 +194,8 @@ def run_train(cfg, run_dir: Path) -> dict:
         device,
         tokenizer,
         sft_args(cfg, run_dir, device, resuming=bool(resume_from)),
-        to_ds(train_rows),
-        to_ds(val_rows),
+        sft_dataset(train_rows, fmt, cfg.model),
+        sft_dataset(val_rows, fmt, cfg.model),
         callbacks,
     )
     attach(trainer, cfg, run_dir)
