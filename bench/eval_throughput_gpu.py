@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--dtype", choices=("bfloat16", "float32"), help="default: bfloat16 on the GPU, float32 --tiny")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "eval_throughput_gpu.json"))
     args = ap.parse_args()
 
@@ -57,7 +58,8 @@ def main() -> None:
         bos_token_id=tok.bos_token_id,
         **shape,
     )
-    model = LlamaForCausalLM(config).to(device, torch.float32 if args.tiny else torch.bfloat16).eval()
+    dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "bfloat16"))
+    model = LlamaForCausalLM(config).to(device, dtype).eval()
     params = sum(p.numel() for p in model.parameters())
     rows = from_jsonl(Path(args.gsm8k), "test")[: args.n]
     prompts = [encode_prompt(tok, PROTOCOLS["chat"], r["question"], [], cfg.model) for r in rows]

@@ -164,6 +164,14 @@ def test_gpu_generation_benchmark_runs_on_a_2_layer_model_on_the_cpu(tmp_path, g
     assert r["identical_answers"] == 6 and r["static_tokens"] == r["compact_tokens"] and r["gpu"] is None
 
 
+@pytest.mark.slow
+def test_gpu_probe_profiles_mathtunes_step_on_a_2_layer_model_on_the_cpu(gsm8k):
+    res = bench_script("gpu_probe.py", "--tiny", "--part", "profile", "--gsm8k", str(gsm8k))
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    assert r["device"] == "cpu" and r["wall_s_per_step"] > 0 and "aten::mm" in r["top_cpu_ops_ms_per_step"]
+
+
 def test_gpu_check_script_parses_and_names_its_parts():
     script = ROOT / "bench" / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
@@ -182,14 +190,45 @@ def test_gpu_check_script_parses_and_names_its_parts():
 
 def test_estimate_takes_a_measured_mfu():
     from mathtune.config import load_config
-    from mathtune.estimate import estimate
+    from mathtune.estimate import ASSUMED_MFU, MEASURED_MFU, estimate
 
     cfg = load_config(ROOT / "configs" / "gemma2-9b-gsm8k.yaml")
     tokens = {"train_rows": 6725, "train": 1_300_000, "val": 50_000, "test_questions": 1319, "test_reference": 200_000}
-    assumed = estimate(cfg, tokens, 9_240_000_000, "NVIDIA H100 80GB HBM3")
-    measured = estimate(cfg, tokens, 9_240_000_000, "NVIDIA H100 80GB HBM3", mfu=0.7)
-    assert measured["train_seconds"] == pytest.approx(assumed["train_seconds"] * 0.35 / 0.7, rel=1e-3)
-    assert "a measured 70% MFU" in measured["basis"] and "an assumed 35% MFU" in assumed["basis"]
+    committed = estimate(cfg, tokens, 9_240_000_000, "NVIDIA H100 80GB HBM3")
+    given = estimate(cfg, tokens, 9_240_000_000, "NVIDIA H100 80GB HBM3", mfu=0.7)
+    assumed = estimate(cfg, tokens, 9_240_000_000, "NVIDIA A100-SXM4-80GB")
+    assert given["train_seconds"] == pytest.approx(committed["train_seconds"] * MEASURED_MFU["H100"] / 0.7, rel=1e-3)
+    assert "at 70.0% MFU for training (measured: --mfu" in given["basis"]
+    assert "at 4.8% MFU for training (measured: bench/results/train_throughput_gpu.json" in committed["basis"]
+    # An A100 at the assumed share would outrun the H200's measured step (launch-bound): capped at its tokens/s.
+    assert "at 15.2% MFU for training (assumed: no measurement on this GPU; 35%, at most" in assumed["basis"]
+    assert assumed["train_seconds"] == pytest.approx(committed["train_seconds"], rel=1e-3) and ASSUMED_MFU == 0.35
+
+
+def test_committed_gpu_results_are_one_runs_and_the_estimate_uses_them():
+    """bench/results/gpu_check.json is the summary of the run that wrote train_throughput_gpu.json (an H200), and
+    `mathtune estimate` costs Hopper GPUs at the MFU that run measured on mathtune's path."""
+    from mathtune.estimate import MEASURED_MFU
+
+    results = ROOT / "bench" / "results"
+    train = json.loads((results / "train_throughput_gpu.json").read_text())
+    check = json.loads((results / "gpu_check.json").read_text())
+    assert {k: v for k, v in check["train_throughput_gpu"].items() if k != "command"} == {
+        k: v for k, v in train.items() if k != "command"
+    }
+    assert train["gpu"] == check["environment"]["gpu"] == "NVIDIA H200"
+    by = {s["name"]: s for s in train["settings"]}
+    assert train["mathtune_tokens_per_s"] == by["mathtune"]["tokens_per_s"]
+    assert train["ratio"] == round(by["mathtune"]["tokens_per_s"] / by["baseline"]["tokens_per_s"], 2)
+    assert train["mfu"] == round(by["mathtune"]["tokens_per_s"] * by["mathtune"]["flops_per_token"] / 989e12, 4)
+    assert MEASURED_MFU["H200"] == MEASURED_MFU["H100"] == train["mfu"]
+    assert check["tiny_gemma2_run"]["run"]["device"] == "cuda" and check["estimate"]["device"] == "NVIDIA H200"
+    probe = json.loads((results / "gpu_probe.json").read_text())
+    p = probe["profile"]
+    assert (
+        p["gpu_busy_share"] == round(p["gpu_busy_s_per_step"] / p["wall_s_per_step"], 3)
+        and probe["gpu"] == train["gpu"]
+    )
 
 
 @pytest.mark.slow

@@ -8,7 +8,16 @@ import pytest
 from mathtune.config import load_config
 from mathtune.data.format import sft_example
 from mathtune.data.sources import from_jsonl
-from mathtune.estimate import ANSWER_LENGTH, GPUS, THROUGHPUT, count_tokens, estimate, throughput, train_steps
+from mathtune.estimate import (
+    ANSWER_LENGTH,
+    GPUS,
+    MEASURED_MFU,
+    THROUGHPUT,
+    count_tokens,
+    estimate,
+    throughput,
+    train_steps,
+)
 from mathtune.models import load_tokenizer
 
 from conftest import ROOT, mathtune_cli
@@ -87,7 +96,7 @@ def test_gpu_estimate_follows_the_flop_model():
     cfg = load_config(ROOT / "configs" / "gemma2-9b-gsm8k.yaml")
     tokens = {"train_rows": 4, "train": 1_000_000, "val": 0, "test_reference": 0, "test_questions": 64}
     e = estimate(cfg, tokens, 9_000_000_000, "H100")
-    per_s = GPUS["H100"]["peak_flops"] * 0.35 / (4 * 9e9)
+    per_s = GPUS["H100"]["peak_flops"] * MEASURED_MFU["H100"] / (4 * 9e9)
     assert e["train_seconds"] == pytest.approx(3 * 1_000_000 / per_s, rel=1e-3)  # 3 epochs of one step each
     assert e["dollars"] == pytest.approx((e["train_seconds"] + e["eval_seconds"]) / 3600 * 3.00, abs=0.01)
     with pytest.raises(ValueError):

@@ -85,6 +85,28 @@ def test_transformers_internals_the_compact_loop_uses():
     assert len(cache.layers) == 2 and cache.get_seq_length() == 0
 
 
+def test_the_cache_goes_by_the_name_the_models_forward_takes():
+    """transformers renamed the forward's past_key_values to cache; 5.17 (the GPU image's) ignores `cache` in its
+    kwargs and fills nothing, so the compact loop failed there (bench/gpu_check.sh found it). PEFT's wrapper is looked
+    through."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mathtune.models import TINY, ensure_local
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, past_key_values=None, **kwargs):
+            return None
+
+    cache = compact._cache(SimpleNamespace(config=LlamaConfig(num_hidden_layers=2)), 8)
+    assert compact._with_cache(Old(), cache) == {"past_key_values": cache}
+    model = AutoModelForCausalLM.from_pretrained(ensure_local(TINY))
+    assert compact._with_cache(model, cache) == {"cache": cache}
+    wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert compact._with_cache(wrapped, cache) == {"cache": cache}
+
+
 def test_shared_prefix_is_computed_once_and_answers_the_same(monkeypatch):
     """Prompts that share a long prefix (a few-shot protocol's examples): the compact loop computes the prefix once
     and places it in every row; the answers are model.generate's, token for token."""

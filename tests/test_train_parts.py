@@ -129,3 +129,33 @@ def test_layouts_keep_the_rows_per_step(tmp_path, layout, rows, accum):
     kw = sft_kwargs(cfg, tmp_path, "cpu")
     assert (kw["per_device_train_batch_size"], kw["gradient_accumulation_steps"]) == (rows, accum)
     assert kw["padding_free"] == (layout == "packed")
+
+
+def test_gradient_checkpointing_goes_by_the_name_the_installed_transformers_takes(tmp_path, monkeypatch):
+    """transformers 5.24 renamed TrainingArguments' gradient_checkpointing to activation_checkpointing (the old name a
+    deprecated alias); the GPU image's 5.17 knows only the old one and refused the new (bench/gpu_check.sh found it)."""
+    import transformers
+    from trl import SFTConfig
+
+    from mathtune.train.stage import checkpointing_argument, sft_kwargs
+
+    cfg = load_config(TINY_CFG, ["train.gradient_checkpointing=true"])
+    kw = sft_kwargs(cfg, tmp_path, "cpu")
+    assert kw[checkpointing_argument()] is True and SFTConfig(**kw).gradient_checkpointing is True
+    fields = {k: v for k, v in transformers.TrainingArguments.__dataclass_fields__.items() if "activation" not in k}
+    monkeypatch.setattr(transformers.TrainingArguments, "__dataclass_fields__", fields)
+    assert checkpointing_argument() == "gradient_checkpointing"
+    assert sft_kwargs(cfg, tmp_path, "cpu")["gradient_checkpointing"] is True
+
+
+def test_liger_kernel_is_applied_on_a_gpu_or_refused(tmp_path):
+    """train.liger_kernel reaches SFTConfig as use_liger_kernel, and a run that cannot apply it stops with the key."""
+    from mathtune.errors import MathtuneError
+    from mathtune.train.stage import check_liger, sft_kwargs
+
+    cfg = load_config(TINY_CFG, ["train.liger_kernel=true"])
+    assert sft_kwargs(cfg, tmp_path, "cuda")["use_liger_kernel"] is True
+    assert sft_kwargs(load_config(TINY_CFG), tmp_path, "cpu")["use_liger_kernel"] is False
+    with pytest.raises(MathtuneError, match=r"^train.liger_kernel: needs a CUDA GPU"):
+        check_liger(cfg, "cpu")
+    check_liger(load_config(TINY_CFG), "cpu")  # off: nothing to check

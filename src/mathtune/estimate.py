@@ -8,9 +8,10 @@ eval.max_new_tokens), so a chatty base model is not costed at the references' le
 
 Throughput comes from the committed benchmarks where one matches the device (THROUGHPUT, checked against
 bench/results by a test); a model of another size is scaled by its parameter count (tokens/s ~ 1/N at a fixed
-share of peak). A GPU without a committed figure is costed from FLOPs: LoRA training ~ 4N FLOPs per token
-(forward 2N, backward through the activations 2N, no weight gradients) at an assumed share of the GPU's dense
-bf16 peak; decoding reads every weight once per step, so a step takes 2N bytes over the memory bandwidth.
+share of peak). A GPU is costed from FLOPs: LoRA training ~ 4N FLOPs per token (forward 2N, backward through
+the activations 2N, no weight gradients) at the share of the GPU's dense bf16 peak measured on an H200
+(MEASURED_MFU; the H100 at the same figure), or on another GPU at an assumed share, capped at the H200's
+measured tokens/s; decoding reads every weight once per step, so a step takes 2N bytes over the memory bandwidth.
 Every assumption is printed with the figure it produced.
 """
 
@@ -46,7 +47,13 @@ GPUS = {
     "H200": {"peak_flops": 989e12, "bandwidth": 4.8e12},
     "A100": {"peak_flops": 312e12, "bandwidth": 2.0e12},
 }
-ASSUMED_MFU = 0.35  # share of peak a LoRA step reaches without a benchmark on that GPU (an assumption, printed)
+# Share of peak mathtune's LoRA step reached, measured by bench/gpu_check.sh on an H200 (mathtune's path on the
+# Gemma-2-9B shape, random weights, batch 4 of GSM8K-length rows). The step is bound by kernel launches, not by the
+# chip's arithmetic (bench/results/gpu_probe.json: the GPU busy 31% of the step), so the H100, the same chip at the
+# same peak, is costed at the H200's figure. A test checks it against the committed result.
+MEASURED_MFU = {"H200": 0.0481, "H100": 0.0481}
+MEASURED_MFU_SOURCE = "bench/results/train_throughput_gpu.json: NVIDIA H200, Gemma-2-9B shape, batch 4"
+ASSUMED_MFU = 0.35  # share of peak a LoRA step reaches on a GPU with no measurement (an assumption, printed)
 ASSUMED_DECODE_EFFICIENCY = 0.5  # share of memory bandwidth a batched decode step reaches (an assumption, printed)
 # Parameter counts of hub models the estimate may meet without their config.json at hand.
 KNOWN_PARAMS = {"google/gemma-2-9b": 9_241_705_984, "google/gemma-2-2b": 2_614_341_888}
@@ -105,8 +112,9 @@ def train_steps(cfg, n_train: int) -> tuple[int, int]:
 
 def throughput(device: str, params: int, mfu: float | None = None, eval_dtype: str = "float32") -> dict:
     """tokens/s for training and generation on `device` ("cpu" or a GPU name) for a model of `params`; on a GPU the
-    training rate is the FLOP model at `mfu` (measured by bench/train_throughput_gpu.py), else at ASSUMED_MFU. On a
-    CPU, generation at the rate measured in `eval_dtype` (float16, unmeasured there, at float32's)."""
+    training rate is the FLOP model at `mfu` (measured by bench/train_throughput_gpu.py), else at MEASURED_MFU where
+    the GPU has one, else at ASSUMED_MFU. On a CPU, generation at the rate measured in `eval_dtype` (float16,
+    unmeasured there, at float32's)."""
     if device == "cpu":
         t = THROUGHPUT["cpu"]
         scale = t["params"] / params
@@ -121,14 +129,23 @@ def throughput(device: str, params: int, mfu: float | None = None, eval_dtype: s
     if key is None:
         raise ValueError(f"no figures for GPU {device!r}; known: {', '.join(GPUS)}")
     g = GPUS[key]
-    share, how = (mfu, "a measured") if mfu else (ASSUMED_MFU, "an assumed")
+    if mfu:
+        share, how = mfu, "measured: --mfu"
+    elif key in MEASURED_MFU:
+        share, how = MEASURED_MFU[key], f"measured: {MEASURED_MFU_SOURCE}"
+    else:
+        # No measurement here: the assumed share, but no faster than the H200 measured, since that step waited on
+        # kernel launches, which a GPU of a lower peak does not shorten.
+        ceiling = MEASURED_MFU["H200"] * GPUS["H200"]["peak_flops"] / g["peak_flops"]
+        share = min(ASSUMED_MFU, ceiling)
+        how = f"assumed: no measurement on this GPU; {ASSUMED_MFU:.0%}, at most the H200's measured tokens/s"
     train = g["peak_flops"] * share / (4 * params)
     # One decode step reads 2N bytes (bf16) and yields one token per sequence in the batch.
     return {
         "train": train,
         "eval_step_seconds": 2 * params / (g["bandwidth"] * ASSUMED_DECODE_EFFICIENCY),
-        "basis": f"{key}: {g['peak_flops'] / 1e12:.0f} TFLOP/s dense bf16 at {how} {share:.0%} MFU "
-        f"for training (4N FLOPs per token); decoding at an assumed {ASSUMED_DECODE_EFFICIENCY:.0%} of "
+        "basis": f"{key}: {g['peak_flops'] / 1e12:.0f} TFLOP/s dense bf16 at {share:.1%} MFU for training ({how}; "
+        f"4N FLOPs per token); decoding at an assumed {ASSUMED_DECODE_EFFICIENCY:.0%} of "
         f"{g['bandwidth'] / 1e12:.2f} TB/s (2N bytes per step)",
     }
 

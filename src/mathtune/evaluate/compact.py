@@ -19,6 +19,7 @@ tests/test_generate.py::test_transformers_internals_the_compact_loop_uses fails 
 
 from __future__ import annotations
 
+import inspect
 from typing import Iterator
 
 import torch
@@ -103,7 +104,7 @@ def _prefix_cache(model, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Te
     """The shared prefix's keys and values, per layer, for one row."""
     device = next(model.parameters()).device
     cache = _cache(model, len(prefix))
-    model(input_ids=torch.tensor([prefix], device=device), cache=cache, logits_to_keep=1)
+    model(input_ids=torch.tensor([prefix], device=device), **_with_cache(model, cache), logits_to_keep=1)
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
@@ -112,6 +113,14 @@ def supports(model) -> bool:
     config = model.config.get_text_config()
     types = set(getattr(config, "layer_types", None) or ["full_attention"])
     return types == {"full_attention"} and not getattr(config, "sliding_window", None)
+
+
+def _with_cache(model, cache: Cache) -> dict:
+    """The forward's keyword for the cache: `cache` since transformers renamed `past_key_values` (a deprecated alias
+    until 5.40); `past_key_values` before (5.17, the GPU image's, ignores `cache` and would fill nothing)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return {name: cache}
 
 
 def _cache(model, max_len: int) -> Cache:
@@ -143,7 +152,7 @@ def _prefill(model, prompts: list[list[int]], pad: int, max_new_tokens: int, pre
                 layer.cumulative_length.fill_(shared)
             m = torch.cat([m.new_ones(len(ids), shared), m], dim=1)
         pos = (m.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-        out = model(input_ids=ids, attention_mask=m, position_ids=pos, cache=small, logits_to_keep=1)
+        out = model(input_ids=ids, attention_mask=m, position_ids=pos, **_with_cache(model, small), logits_to_keep=1)
         last.append(out.logits[:, -1])
         rows = slice(start, start + ids.shape[0])
         w = ids.shape[1]
@@ -177,6 +186,7 @@ def greedy(
     `prompts` longest first (their order is kept in the result); with `prefix` (_prefix_cache), what follows it.
     With a calculator, each row's token is the calculator's choice (the model's unless a result is forced)."""
     cache, mask, next_pos, logits = _prefill(model, prompts, pad, max_new_tokens, prefix)
+    step_cache = _with_cache(model, cache)
     stop_ids = torch.tensor(stops, device=logits.device)
     rows = torch.arange(len(prompts), device=logits.device)  # which prompt each batch row answers
     alive = torch.ones(len(prompts), dtype=torch.bool, device=logits.device)
@@ -205,9 +215,8 @@ def greedy(
             for layer in cache.layers:
                 layer.keep_rows(keep)
             rows, token, mask, next_pos, alive = rows[keep], token[keep], mask[keep], next_pos[keep], alive[keep]
-        logits = model(
-            input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None], cache=cache
-        ).logits[:, -1]
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None], **step_cache)
+        logits = logits.logits[:, -1]
         next_pos = next_pos + 1
     return out
 

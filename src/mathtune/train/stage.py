@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import time
@@ -81,8 +82,9 @@ def sft_kwargs(cfg, run_dir: Path, device: str, resuming: bool = False) -> dict:
         greater_is_better=False,
         bf16=t.bf16,
         # TRL turns gradient checkpointing on by default; we set it explicitly (off unless memory needs it).
-        activation_checkpointing=t.gradient_checkpointing,
+        **{checkpointing_argument(): t.gradient_checkpointing},
         torch_compile=t.compile,
+        use_liger_kernel=t.liger_kernel,
         use_cpu=device == "cpu",
         seed=t.seed,
         data_seed=t.seed,
@@ -90,6 +92,27 @@ def sft_kwargs(cfg, run_dir: Path, device: str, resuming: bool = False) -> dict:
         disable_tqdm=True,  # TrainProgress (train/metrics.py) shows one progress display instead
         dataloader_num_workers=0,
     )
+
+
+def check_liger(cfg, device: str) -> None:
+    """train.liger_kernel is applied or refused, never dropped: Liger's kernels are Triton, so a CUDA GPU."""
+    if not cfg.train.liger_kernel:
+        return
+    if device != "cuda":
+        raise MathtuneError(
+            f"train.liger_kernel: needs a CUDA GPU (Liger's kernels are Triton); this run is on {device}"
+        )
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise MathtuneError("train.liger_kernel: liger-kernel is not installed; pip install liger-kernel")
+
+
+def checkpointing_argument() -> str:
+    """TrainingArguments' name for gradient checkpointing: `activation_checkpointing` since transformers 5.24 (the old
+    name stays as a deprecated alias), `gradient_checkpointing` before (the GPU image's 5.17 has only that)."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -163,6 +186,7 @@ def run_train(cfg, run_dir: Path) -> dict:
     check_installed(cfg)
 
     device = pick_device(cfg.runtime.device)
+    check_liger(cfg, device)
     tokenizer = load_tokenizer(cfg.model)
     fmt = prompt_format(cfg.model, tokenizer)
     train_rows = read_jsonl(run_dir / "data" / "train.jsonl")
