@@ -99,12 +99,22 @@ def test_the_cache_goes_by_the_name_the_models_forward_takes():
         def forward(self, input_ids, attention_mask=None, past_key_values=None, **kwargs):
             return None
 
+    import inspect
+
+    import transformers
+    from packaging.version import Version
+
     cache = compact._cache(SimpleNamespace(config=LlamaConfig(num_hidden_layers=2)), 8)
     assert compact._with_cache(Old(), cache) == {"past_key_values": cache}
     model = AutoModelForCausalLM.from_pretrained(ensure_local(TINY))
-    assert compact._with_cache(model, cache) == {"cache": cache}
+    [name] = compact._with_cache(model, cache)
+    assert name in inspect.signature(type(model).forward).parameters
+    assert name == "cache" or Version(transformers.__version__) < Version("5.24")  # the pinned versions: `cache`
     wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
-    assert compact._with_cache(wrapped, cache) == {"cache": cache}
+    assert list(compact._with_cache(wrapped, cache)) == [name]
+    # The cache the forward was given is the one it filled: the prefix's keys, one row, every position.
+    [(keys, values), *_] = compact._prefix_cache(model.eval(), list(range(3, 70)))
+    assert keys.shape[0] == 1 and keys.shape[2] == 67 and keys.abs().sum() > 0
 
 
 def test_shared_prefix_is_computed_once_and_answers_the_same(monkeypatch):
