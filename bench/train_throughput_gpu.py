@@ -227,6 +227,9 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model on the CPU (tests the script)")
     ap.add_argument("--setting", choices=SETTINGS, help="run this one setting here and print its result (internal)")
     ap.add_argument("--timeout", type=float, default=150, help="seconds each setting may take")
+    ap.add_argument(
+        "--settings", default=",".join(SETTINGS), help="which settings to run (baseline and mathtune always)"
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_throughput_gpu.json"))
     args = ap.parse_args()
 
@@ -272,8 +275,9 @@ def main() -> None:
         ["--tiny"] if args.tiny else []
     )
     results = []
+    chosen = {"baseline", "mathtune", *args.settings.split(",")}
     for name in SETTINGS:
-        missing = setting_args(name, baseline, ours)[2]
+        missing = setting_args(name, baseline, ours)[2] if name in chosen else "not chosen (--settings)"
         r = {"name": name, "skipped": missing} if missing else in_own_process(name, argv, args.timeout)
         print(
             json.dumps(

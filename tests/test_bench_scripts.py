@@ -22,6 +22,8 @@ def test_gpu_training_benchmark_runs_on_a_2_layer_model_on_the_cpu(tmp_path, gsm
         "2",
         "--warmup",
         "0",
+        "--settings",
+        "baseline,mathtune",  # the levers' settings run the same code with other arguments
         "--gsm8k",
         str(gsm8k),
         "--out",
@@ -32,6 +34,7 @@ def test_gpu_training_benchmark_runs_on_a_2_layer_model_on_the_cpu(tmp_path, gsm
     for key in ("ratio", "baseline_tokens_per_s", "mathtune_tokens_per_s", "mfu", "peak_memory_gb", "gpu"):
         assert key in r, key
     assert r["baseline_tokens_per_s"] > 0 and r["mathtune_tokens_per_s"] > 0 and r["gpu"] is None
+    assert r["levers"]["mathtune_liger"] == "not chosen (--settings)"
 
 
 @pytest.mark.slow
