@@ -92,3 +92,16 @@ def test_one_gguf_reader_serves_every_read_while_dequantizing():
         first = gguf.GGUFReader(folder / name)
         assert gguf.GGUFReader(folder / name) is first and isinstance(first, original)
     assert gguf.GGUFReader is original
+
+
+def test_a_cache_folder_written_by_two_processes_at_once_is_kept_whole(tmp_path):
+    """Two runs (or two test workers) starting on a fresh machine both build the same cache folder: the one that
+    finishes second keeps the first one's folder and leaves no temporary folder behind."""
+    final = tmp_path / "model"
+
+    def fill_after_the_other(tmp):
+        (tmp / "config.json").write_text("second")
+        models._write_folder_atomically(final, lambda t: (t / "config.json").write_text("first"))
+
+    assert models._write_folder_atomically(final, fill_after_the_other) == final
+    assert (final / "config.json").read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["model"]

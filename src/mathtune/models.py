@@ -61,10 +61,12 @@ def _write_folder_atomically(final: Path, fill) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
         fill(tmp)
-        if final.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
+        try:
             os.replace(tmp, final)
+        except OSError:  # another process finished first (a non-empty folder is not replaced)
+            if not final.is_dir():
+                raise
+            shutil.rmtree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
