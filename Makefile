@@ -86,7 +86,7 @@ gpu-wheels: setup
 		--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d $(GPU_WHEELS) $(GPU_PACKAGES)
 	$(BIN)/python -c "from mathtune.models import ensure_local; print(ensure_local('smollm2-135m-instruct'))" | \
 		tail -n 1 | xargs -I{} sh -c 'cp {}/config.json {}/tokenizer* {}/special_tokens_map.json {}/chat_template.jinja $(GPU_WHEELS)/cache/smollm2-135m-instruct/ 2>/dev/null; true'
-	# the whole split: the estimate (d) counts the reference study's tokens; the benchmarks take the first rows
+	@# the whole split: the estimate (d) counts the reference study's tokens; the benchmarks take the first rows
 	cp $(GSM8K_DIR)/train.jsonl $(GSM8K_DIR)/test.jsonl $(GPU_WHEELS)/gsm8k/
 	du -sh $(GPU_WHEELS)
 

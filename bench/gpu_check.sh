@@ -4,8 +4,8 @@
 # pyyaml, and no network. What mathtune needs beyond that comes from $WHEELS (`make gpu-wheels` fills it on a CPU
 # machine: the wheels, SmolLM2's tokenizer files, GSM8K's JSONL files), installed with --no-index --no-deps into a
 # folder of its own, so the image's torch and transformers stay. Each part runs even if one before it failed. The
-# summary and at most 8 files are written under $OUT (run folders, with their many files, go to $RUNS); about 5
-# minutes on an H100.
+# summary and at most 8 files are written under $OUT (run folders, with their many files, go to $RUNS); 5 min 34 s
+# on an H200 (bench/results/gpu_check.log).
 #   (a) LoRA training throughput on the Gemma-2-9B shape (random weights, bf16, r=8 all-linear, GSM8K's lengths):
 #       plain TRL against mathtune's path and its levers, MFU on the documented 4N + attention count
 #   (b) a 2-layer random Gemma-2 (soft-capping, sliding window, eager) through every stage of `mathtune run`, bf16
