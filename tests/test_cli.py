@@ -61,6 +61,7 @@ def test_unknown_model(tmp_path, gsm8k):
         f"model.name={tmp_path / 'no-model'}",
     )
     assert_clean_error(res, "model.name")
+    assert not (tmp_path / "r" / "data").exists()  # refused before the first stage, not after the data stage
 
 
 @pytest.mark.parametrize("args", [["run"], ["nosuchcommand"], ["run", "--out"]])

@@ -166,18 +166,27 @@ def build_tiny(out: Path, architecture: str = "llama") -> Path:
     return _write_folder_atomically(out, fill)
 
 
+def check_model_name(name: str) -> None:
+    """A clear error now, before any stage runs, for a model.name that cannot load: a folder without config.json, a
+    path that does not exist, a hub id that is neither cached nor reachable. Embedded models are always there."""
+    if name in EMBEDDED:
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise MathtuneError(f"model.name: {path} has no config.json (not a transformers model folder)")
+        return
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise MathtuneError(f"model.name: {name} does not exist (a local folder, not a hub id)")
+    check_hub(name)
+
+
 def ensure_local(name: str) -> str:
     """What to pass to from_pretrained for `name`: the cache folder of an embedded model, else name unchanged."""
     if name not in EMBEDDED:
+        check_model_name(name)
         path = Path(name).expanduser()
-        if path.exists():
-            if not (path / "config.json").is_file():
-                raise MathtuneError(f"model.name: {path} has no config.json (not a transformers model folder)")
-            return str(path.resolve())
-        if name.startswith(("/", ".", "~")) or name.count("/") > 1:
-            raise MathtuneError(f"model.name: {name} does not exist (a local folder, not a hub id)")
-        check_hub(name)
-        return name  # a hub id
+        return str(path.resolve()) if path.exists() else name  # a local folder, else a hub id
     out = cache_dir() / name
     if (out / "config.json").is_file():
         return str(out)

@@ -323,6 +323,10 @@ def run_named_stage(cfg: Config, run_dir: Path, name: str) -> None:
 def run_all(cfg: Config, run_dir: Path) -> None:
     """Every stage in order: a finished one is skipped; from the first unfinished one on, each runs, and what later
     stages wrote before is removed first (it was made from inputs that are being remade)."""
+    from mathtune.models import check_model_name
+
+    if not all(s.done(cfg, run_dir) for s in STAGES if s.name in ("train", "eval")):
+        check_model_name(cfg.model.name)  # before the data stage: a model that cannot load fails in a second
     redo = False
     for s in STAGES:
         if not redo and s.done(cfg, run_dir):
