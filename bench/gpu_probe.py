@@ -32,27 +32,20 @@ sys.path.insert(0, str(ROOT / "bench"))
 def trainer_for(tiny: bool, gsm8k: Path, rows_per_step: int, steps: int, compile_: bool = False, callbacks=()):
     """mathtune's Trainer (train_throughput_gpu's `mathtune` setting) with `rows_per_step` rows per forward."""
     import torch
+    import train_throughput
     import train_throughput_gpu as ttg
     from trl import SFTConfig
 
     from mathtune.config import load_config
     from mathtune.train.lora import lora_model
     from mathtune.train.loss import CountingSFTTrainer
-    from mathtune.train.stage import sft_kwargs
 
     device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
     arch = ttg.TINY if tiny else ttg.GEMMA2_9B
     cfg = load_config(ROOT / "configs" / "gemma2-9b-gsm8k.yaml")
     tokenizer, lengths = ttg.gsm8k_lengths(gsm8k, rows_per_step * steps)
-    kw = sft_kwargs(cfg, Path("/tmp/mathtune-gpu-probe"), "cuda")
+    kw = train_throughput.timed_kwargs(cfg, "/tmp/mathtune-gpu-probe", steps, "cuda")
     kw.update(
-        output_dir="/tmp/mathtune-gpu-probe",
-        max_steps=steps,
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        eval_on_start=False,
-        load_best_model_at_end=False,
         use_cpu=device == "cpu",
         bf16=device == "cuda",
         per_device_train_batch_size=rows_per_step,

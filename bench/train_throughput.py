@@ -97,12 +97,12 @@ def baseline_args(out: str, steps: int, **levers):
     return SFTConfig(**kw)
 
 
-def mathtune_args(cfg, out: str, steps: int):
-    from trl import SFTConfig
-
+def timed_kwargs(cfg, out: str, steps: int, device: str = "cpu") -> dict:
+    """mathtune's SFTConfig arguments (train/stage.py's sft_kwargs) for a timed run of `steps` steps: no validation,
+    no checkpoints, a loss logged every step. The GPU benchmarks time the same settings."""
     from mathtune.train.stage import sft_kwargs
 
-    kw = sft_kwargs(cfg, Path(out), "cpu")
+    kw = sft_kwargs(cfg, Path(out), device)
     kw.update(
         output_dir=out,
         max_steps=steps,
@@ -113,7 +113,13 @@ def mathtune_args(cfg, out: str, steps: int):
         load_best_model_at_end=False,
         disable_tqdm=True,
     )
-    return SFTConfig(**kw)
+    return kw
+
+
+def mathtune_args(cfg, out: str, steps: int):
+    from trl import SFTConfig
+
+    return SFTConfig(**timed_kwargs(cfg, out, steps))
 
 
 def timed_train(trainer, losses) -> dict:

@@ -233,9 +233,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_throughput_gpu.json"))
     args = ap.parse_args()
 
+    import train_throughput  # bench/train_throughput.py: a script's own folder is on sys.path
+
     from mathtune.config import load_config
     from mathtune.train.lora import lora_config
-    from mathtune.train.stage import sft_kwargs
 
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     arch = TINY if args.tiny else GEMMA2_9B
@@ -257,9 +258,8 @@ def main() -> None:
         max_length=cfg.train.max_length,
     )
     baseline = dict(fixed, per_device_train_batch_size=batch, gradient_accumulation_steps=1)
-    ours = sft_kwargs(cfg, Path("/tmp/mathtune-gpu-bench"), "cuda")
-    keep = ("output_dir", "max_steps", "logging_steps", "save_strategy", "eval_strategy", "disable_tqdm", "use_cpu")
-    ours.update({k: fixed[k] for k in (*keep, "bf16")}, eval_on_start=False, load_best_model_at_end=False)
+    ours = train_throughput.timed_kwargs(cfg, fixed["output_dir"], fixed["max_steps"], "cuda")
+    ours.update(use_cpu=fixed["use_cpu"], bf16=fixed["bf16"])
 
     if args.setting:  # the child: one setting, its result as the last line
         # SmolLM2's tokenizer counts the lengths and lends the trainer a pad id; the rows are token ids already.
