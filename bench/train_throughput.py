@@ -43,7 +43,9 @@ NOTE = (
     "with one change: per_sequence / rows_per_forward=N (the batch layout), torch_dropout (PEFT's nn.Dropout "
     "instead of FastDropout), float32_frozen (frozen weights cast by autocast on every forward), trl_loss (TRL's "
     "fused LM head over every position instead of the answer-token loss), compile (torch.compile), onednn_cache_1024 "
-    "(oneDNN's default primitive cache instead of mathtune's cap of 64, allocator.py; plain TRL runs at 1024)."
+    "(oneDNN's default primitive cache instead of mathtune's cap of 64, allocator.py; plain TRL runs at 1024); "
+    "pad_to_multiple_of=64 (train.pad_to_multiple_of: each forward and each row's attention padded to a multiple of "
+    "64 tokens, so that shapes repeat), alone and with 4 rows per forward, over all the steps."
 )
 LIMIT_LENGTHS = (256, 512, 1024)
 
@@ -336,6 +338,16 @@ def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
         )
         for n in (1, 4, 8)
     ]
+    # train.pad_to_multiple_of (packing.py): over as many steps as mathtune's run, as memory grows with the steps.
+    pad, four = "train.pad_to_multiple_of=64", "train.rows_per_forward=4"
+    out += [
+        ("mathtune_pad_to_multiple_of=64", {"kind": "mathtune", "steps": steps, "overrides": [pad]}),
+        ("mathtune_rows_per_forward=4_all_steps", {"kind": "mathtune", "steps": steps, "overrides": [four]}),
+        (
+            "mathtune_rows_per_forward=4_pad_to_multiple_of=64",
+            {"kind": "mathtune", "steps": steps, "overrides": [four, pad]},
+        ),
+    ]
     return out
 
 
@@ -491,6 +503,7 @@ def main() -> None:
             flush=True,
         )
     out = summary(results, args.rows, cfg)
+    out["command"] = " ".join(["python", "bench/train_throughput.py", *sys.argv[1:]])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(

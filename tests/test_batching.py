@@ -48,16 +48,21 @@ def test_packed_rows_attend_only_to_themselves():
     assert not torch.allclose(leaked[len(a) :], alone[1], atol=1e-3)  # the test can tell a leak
 
 
-def _train_losses(tmp_path, gsm8k, layout: str) -> list[float]:
-    """The data and train stages of a tiny run, in this process (four runs: each saves a fresh interpreter)."""
+def _train_run(tmp_path, gsm8k, layout: str, *extra: str):
+    """The data and train stages of a tiny run, in this process (each saves a fresh interpreter); its folder."""
     from mathtune.run import open_run, run_stage, stage
 
-    out = tmp_path / layout
-    overrides = [f"data.path={gsm8k}", f"train.batching={layout}", "lora.dropout=0"]
+    out = tmp_path / "-".join([layout, *extra])
+    overrides = [f"data.path={gsm8k}", f"train.batching={layout}", "lora.dropout=0", *extra]
     cfg = load_config(TINY_CFG, overrides)
     open_run(cfg, out, resume=False, force=False)
     for name in ("data", "train"):
         run_stage(cfg, out, stage(name))
+    return out
+
+
+def _train_losses(tmp_path, gsm8k, layout: str, *extra: str) -> list[float]:
+    out = _train_run(tmp_path, gsm8k, layout, *extra)
     return [r["train_loss"] for r in read_jsonl(out / "metrics.jsonl") if "train_loss" in r]
 
 
@@ -70,3 +75,59 @@ def test_every_layout_gives_the_padded_loss(tmp_path, gsm8k):
     for layout in ("per_sequence", "packed", "padding_free"):
         got = _train_losses(tmp_path, gsm8k, layout)
         assert got == pytest.approx(padded, rel=1e-4), layout
+
+
+def test_padding_packed_rows_to_a_multiple_changes_neither_loss_nor_token_count(tmp_path, gsm8k):
+    """train.pad_to_multiple_of: the packed sequence ends in a padding row and each row's attention is padded with
+    zeros, neither of which a real token can see: the same losses (validation too) and the same trained tokens."""
+    import json
+
+    plain = _train_run(tmp_path, gsm8k, "packed", "train.rows_per_forward=2")
+    padded = _train_run(tmp_path, gsm8k, "packed", "train.rows_per_forward=2", "train.pad_to_multiple_of=64")
+
+    def losses(out, key):
+        return [r[key] for r in read_jsonl(out / "metrics.jsonl") if key in r]
+
+    for key in ("train_loss", "val_loss"):
+        assert len(losses(plain, key)) >= 2
+        assert losses(padded, key) == pytest.approx(losses(plain, key), rel=1e-5), key
+    tokens = [json.loads((out / "train.json").read_text())["tokens"] for out in (plain, padded)]
+    assert tokens[0] == tokens[1] > 0
+
+
+def test_a_padded_batch_ends_in_a_row_of_its_own(tmp_path):
+    from mathtune.train.packing import pad_packed, row_bounds
+
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    batch = {
+        "input_ids": torch.arange(1, 8).view(1, 7),
+        "labels": torch.tensor([[-100, 5, 6, -100, -100, 9, 10]]),
+        "position_ids": torch.tensor([[0, 1, 2, 0, 1, 2, 3]]),
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": 4,
+        "max_length_k": 4,
+        "seq_idx": torch.tensor([[0, 0, 0, 1, 1, 1, 1]], dtype=torch.int32),
+    }
+    out = pad_packed(batch, 8, pad_id=0)
+    assert out["pad_tokens"] == 1 and out["input_ids"].shape == (1, 8)
+    assert out["labels"][0, -1] == -100 and out["input_ids"][0, -1] == 0
+    assert row_bounds(out["cu_seq_lens_q"], None, 8) == row_bounds(None, out["position_ids"], 8) == [0, 3, 7, 8]
+    assert out["seq_idx"].tolist() == [[0, 0, 0, 1, 1, 1, 1, 2]]
+    assert pad_packed(batch, 7, pad_id=0)["pad_tokens"] == 0
+
+
+@pytest.mark.parametrize(
+    "overrides, device, match",
+    [
+        (["train.batching=padded"], "cpu", "train.pad_to_multiple_of: pads packed rows"),
+        (["model.attn_implementation=eager"], "cpu", "this run is per_sequence on cpu"),
+        ([], "cuda", "this run is padded on cuda"),
+    ],
+)
+def test_padding_is_refused_where_rows_are_not_packed_on_a_cpu(overrides, device, match):
+    from mathtune.errors import MathtuneError
+    from mathtune.train.stage import check_padding
+
+    with pytest.raises(MathtuneError, match=match):
+        check_padding(load_config(TINY_CFG, ["train.pad_to_multiple_of=64", *overrides]), device)

@@ -7,6 +7,7 @@ from torch import nn
 
 from mathtune.config import load_config
 from mathtune.models import TINY, ensure_local, load_model
+from mathtune.train import packing
 from mathtune.train.lora import FastDropout, fast_dropout, frozen_linear_to_bf16, lora_model
 from mathtune.train.loss import completion_loss, scored_positions
 from mathtune.train.packing import row_bounds, use_packed_attention
@@ -101,6 +102,16 @@ def test_packed_rows_see_only_themselves():
     changed = packed([rows[0], [7] * 9, rows[2]])
     assert torch.equal(changed[:12], out[:12]) and torch.equal(changed[21:], out[21:])
     assert not torch.allclose(changed[12:21], out[12:21])  # the test can tell a change
+    use_packed_attention(model, multiple=16)  # each row's attention padded with zeros to 16 or 32 tokens
+    lengths, sdpa = [], packing.sdpa_attention_forward
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            packing, "sdpa_attention_forward", lambda m, q, *a, **k: lengths.append(q.shape[2]) or sdpa(m, q, *a, **k)
+        )
+        out = packed(rows)
+    for r, (a, b) in zip(alone, [(0, 12), (12, 21), (21, 41)]):
+        torch.testing.assert_close(out[a:b], r, atol=1e-5, rtol=1e-5)
+    assert set(lengths) == {16, 32}  # the padding happened
 
 
 def test_completion_loss_is_the_padded_cross_entropy():

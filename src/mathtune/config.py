@@ -108,6 +108,11 @@ class TrainConfig(_Strict):
     # packed: rows per forward pass (divides batch_size). 2 rows of GSM8K are ~500 tokens: measured fastest on
     # 2 CPU cores, and memory grows with it. None = the whole batch.
     rows_per_forward: Optional[int] = Field(None, gt=0)
+    # packed on a CPU: each forward's tokens, and each row's attention, padded to a multiple of this many tokens
+    # (train/packing.py). Real tokens never attend to the padding, which carries no loss and is not counted, so the
+    # loss is the same; the shapes then repeat, and the kernel caches the CPU keeps for the life of the process, an
+    # entry per shape (oneDNN's, ideep's, ATen's brgemm), stop growing. None = no padding.
+    pad_to_multiple_of: Optional[int] = Field(None, gt=0)
     compile: bool = False  # torch.compile the model (TrainingArguments.torch_compile)
     # Liger's Triton kernels for the model's layers (RMSNorm, GeGLU/SwiGLU, RoPE), through TRL's use_liger_kernel:
     # x1.11 tokens/s and 4 GB less on the Gemma-2-9B shape on an H200 (bench/results/train_throughput_gpu.json).
@@ -223,6 +228,8 @@ class Config(_Strict):
             raise ValueError(f"train.rows_per_forward: must divide train.batch_size ({t.batch_size})")
         if t.batching == "packed" and self.model.attn_implementation not in (None, "sdpa"):
             raise ValueError("train.batching: packed runs SDPA per row; it needs model.attn_implementation: sdpa")
+        if t.pad_to_multiple_of is not None and t.batching not in ("auto", "packed"):
+            raise ValueError(f"train.pad_to_multiple_of: pads packed rows; train.batching is {t.batching}")
         d = self.data
         if d.source == "jsonl" and not d.path:
             raise ValueError("data.path: required when data.source is jsonl")

@@ -64,6 +64,8 @@ class CompletionLossTrainer(TokensInState, SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
+        inputs = dict(inputs)
+        pad_tokens = inputs.pop("pad_tokens", 0)  # train.pad_to_multiple_of's padding row (packing.pad_packed)
         total, count, correct = completion_loss(model, inputs)
         loss = total / (num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1))
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -71,15 +73,16 @@ class CompletionLossTrainer(TokensInState, SFTTrainer):
         count, correct = self.accelerator.gather_for_metrics(torch.stack([count, correct]).view(1, 2)).sum(0)
         self._metrics[mode]["mean_token_accuracy"].append((correct / count).item() if count > 0 else 0.0)
         if mode == "train":
-            self._total_train_tokens += self._tokens_in(inputs)
+            self._total_train_tokens += self._tokens_in(inputs, pad_tokens)
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return (loss, {"loss": loss}) if return_outputs else loss
 
-    def _tokens_in(self, inputs) -> int:
-        """Non-padding tokens of the micro-batch, all processes (what TRL counts: the mask sum, or the packed length)."""
+    def _tokens_in(self, inputs, pad_tokens: int = 0) -> int:
+        """Non-padding tokens of the micro-batch, all processes (what TRL counts: the mask sum, or the packed length,
+        less the padding row pad_packed appended)."""
         local = (
             inputs["attention_mask"].sum()
             if "attention_mask" in inputs
-            else inputs["position_ids"].new_tensor(inputs["position_ids"].size(1))
+            else inputs["position_ids"].new_tensor(inputs["position_ids"].size(1) - pad_tokens)
         )
         return int(self.accelerator.gather_for_metrics(local.view(1)).sum().item())

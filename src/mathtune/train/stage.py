@@ -153,11 +153,12 @@ def make_trainer(cfg, device: str, tokenizer, args, train_dataset, eval_dataset=
     from mathtune.train.loss import CompletionLossTrainer, CountingSFTTrainer
 
     set_seed(cfg.train.seed)  # LoRA's A matrices are drawn here, so every run of a config starts from the same ones
+    multiple = check_padding(cfg, device)
     model = lora_model(load_model(cfg.model, device), cfg.lora, bf16_autocast=cfg.train.bf16)
     if batching(cfg, device) == "packed":
         from mathtune.train.packing import use_packed_attention
 
-        use_packed_attention(model)
+        use_packed_attention(model, multiple)
     trainer_class = CompletionLossTrainer if device == "cpu" else CountingSFTTrainer
     trainer = trainer_class(
         model=model,
@@ -170,7 +171,23 @@ def make_trainer(cfg, device: str, tokenizer, args, train_dataset, eval_dataset=
     trainer.remove_callback(PrinterCallback)  # with disable_tqdm, it would print every log dict: metrics.jsonl has them
     if trainer.args.padding_free:
         _truncate_rows(trainer, cfg.train.max_length)
+    if multiple:
+        from mathtune.train.packing import pad_packed
+
+        collate, pad_id = trainer.data_collator, trainer.data_collator.pad_token_id
+        trainer.data_collator = lambda rows: pad_packed(collate(rows), multiple, pad_id)
     return trainer
+
+
+def check_padding(cfg, device: str) -> int | None:
+    """train.pad_to_multiple_of, applied or refused, never dropped: it pads the packed layout, on a CPU (the kernel
+    caches it keeps from growing are the CPU's; the loss that skips its padding row is the CPU trainer's)."""
+    multiple = cfg.train.pad_to_multiple_of
+    if multiple and (device != "cpu" or batching(cfg, device) != "packed"):
+        raise MathtuneError(
+            f"train.pad_to_multiple_of: pads the packed layout on a CPU; this run is {batching(cfg, device)} on {device}"
+        )
+    return multiple
 
 
 def run_train(cfg, run_dir: Path) -> dict:
@@ -187,6 +204,7 @@ def run_train(cfg, run_dir: Path) -> dict:
 
     device = pick_device(cfg.runtime.device)
     check_liger(cfg, device)
+    check_padding(cfg, device)
     tokenizer = load_tokenizer(cfg.model)
     fmt = prompt_format(cfg.model, tokenizer)
     train_rows = read_jsonl(run_dir / "data" / "train.jsonl")
