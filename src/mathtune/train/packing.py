@@ -44,8 +44,8 @@ def packed_attention(module, query, key, value, attention_mask, dropout=0.0, sca
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
     rows = []
     for a, b in zip(bounds[:-1], bounds[1:]):
-        pad = (0, 0, 0, -(b - a) % multiple) if multiple else None  # zeros after the row: it cannot see them
-        q, k, v = (t[:, :, a:b] if pad is None else F.pad(t[:, :, a:b], pad) for t in (query, key, value))
+        extra = -(b - a) % multiple if multiple else 0  # zeros after the row: causal, it cannot see them
+        q, k, v = (F.pad(t[:, :, a:b], (0, 0, 0, extra)) if extra else t[:, :, a:b] for t in (query, key, value))
         out = sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0]
         rows.append(out[:, : b - a])
     return torch.cat(rows, dim=1), None  # (batch, sequence, heads, head_dim), as sdpa_attention_forward returns
