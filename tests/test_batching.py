@@ -61,9 +61,12 @@ def _train_run(tmp_path, gsm8k, layout: str, *extra: str):
     return out
 
 
-def _train_losses(tmp_path, gsm8k, layout: str, *extra: str) -> list[float]:
-    out = _train_run(tmp_path, gsm8k, layout, *extra)
-    return [r["train_loss"] for r in read_jsonl(out / "metrics.jsonl") if "train_loss" in r]
+def _losses(out, key: str = "train_loss") -> list[float]:
+    return [r[key] for r in read_jsonl(out / "metrics.jsonl") if key in r]
+
+
+def _train_losses(tmp_path, gsm8k, layout: str) -> list[float]:
+    return _losses(_train_run(tmp_path, gsm8k, layout))
 
 
 @pytest.mark.slow
@@ -80,22 +83,18 @@ def test_every_layout_gives_the_padded_loss(tmp_path, gsm8k):
 def test_padding_packed_rows_to_a_multiple_changes_neither_loss_nor_token_count(tmp_path, gsm8k):
     """train.pad_to_multiple_of: the packed sequence ends in a padding row and each row's attention is padded with
     zeros, neither of which a real token can see: the same losses (validation too) and the same trained tokens."""
-    import json
+    from mathtune.io import read_json
 
     plain = _train_run(tmp_path, gsm8k, "packed", "train.rows_per_forward=2")
     padded = _train_run(tmp_path, gsm8k, "packed", "train.rows_per_forward=2", "train.pad_to_multiple_of=64")
-
-    def losses(out, key):
-        return [r[key] for r in read_jsonl(out / "metrics.jsonl") if key in r]
-
     for key in ("train_loss", "val_loss"):
-        assert len(losses(plain, key)) >= 2
-        assert losses(padded, key) == pytest.approx(losses(plain, key), rel=1e-5), key
-    tokens = [json.loads((out / "train.json").read_text())["tokens"] for out in (plain, padded)]
+        assert len(_losses(plain, key)) >= 2
+        assert _losses(padded, key) == pytest.approx(_losses(plain, key), rel=1e-5), key
+    tokens = [read_json(out / "train.json")["tokens"] for out in (plain, padded)]
     assert tokens[0] == tokens[1] > 0
 
 
-def test_a_padded_batch_ends_in_a_row_of_its_own(tmp_path):
+def test_a_padded_batch_ends_in_a_row_of_its_own():
     from mathtune.train.packing import pad_packed, row_bounds
 
     cu = torch.tensor([0, 3, 7], dtype=torch.int32)

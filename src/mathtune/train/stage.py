@@ -204,7 +204,6 @@ def run_train(cfg, run_dir: Path) -> dict:
 
     device = pick_device(cfg.runtime.device)
     check_liger(cfg, device)
-    check_padding(cfg, device)
     tokenizer = load_tokenizer(cfg.model)
     fmt = prompt_format(cfg.model, tokenizer)
     train_rows = read_jsonl(run_dir / "data" / "train.jsonl")
