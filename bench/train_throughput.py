@@ -44,8 +44,8 @@ NOTE = (
     "instead of FastDropout), float32_frozen (frozen weights cast by autocast on every forward), trl_loss (TRL's "
     "fused LM head over every position instead of the answer-token loss), compile (torch.compile), onednn_cache_1024 "
     "(oneDNN's default primitive cache instead of mathtune's cap of 64, allocator.py; plain TRL runs at 1024); "
-    "pad_to_multiple_of=64 (train.pad_to_multiple_of: each forward and each row's attention padded to a multiple of "
-    "64 tokens, so that shapes repeat), alone and with 4 rows per forward, over all the steps."
+    "no_padding (train.pad_to_multiple_of taken out: the demo config pads each forward and each row's attention to a "
+    "multiple of 64 tokens, so that shapes repeat), over all the steps; rows_per_forward=4_all_steps likewise."
 )
 LIMIT_LENGTHS = (256, 512, 1024)
 
@@ -338,14 +338,13 @@ def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
         )
         for n in (1, 4, 8)
     ]
-    # train.pad_to_multiple_of (packing.py): over as many steps as mathtune's run, as memory grows with the steps.
-    pad, four = "train.pad_to_multiple_of=64", "train.rows_per_forward=4"
+    # train.pad_to_multiple_of (packing.py; the demo config pads to 64): taken out, and with 4 rows per forward, over
+    # as many steps as mathtune's run, as memory grows with the steps.
     out += [
-        ("mathtune_pad_to_multiple_of=64", {"kind": "mathtune", "steps": steps, "overrides": [pad]}),
-        ("mathtune_rows_per_forward=4_all_steps", {"kind": "mathtune", "steps": steps, "overrides": [four]}),
+        ("mathtune_no_padding", {"kind": "mathtune", "steps": steps, "overrides": ["train.pad_to_multiple_of=null"]}),
         (
-            "mathtune_rows_per_forward=4_pad_to_multiple_of=64",
-            {"kind": "mathtune", "steps": steps, "overrides": [four, pad]},
+            "mathtune_rows_per_forward=4_all_steps",
+            {"kind": "mathtune", "steps": steps, "overrides": ["train.rows_per_forward=4"]},
         ),
     ]
     return out

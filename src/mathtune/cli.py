@@ -213,15 +213,18 @@ def estimate(config_path, gpu, json_out, mfu, overrides) -> None:
     """Predicted hours and dollars of a run, from its data's tokens and the benchmarks' throughput."""
     from mathtune.config import load_config
     from mathtune.data.stage import prepare_rows
-    from mathtune.estimate import estimate_run, format_estimate
+    from mathtune.estimate import estimate_run, format_estimate, gpu_key
     from mathtune.io import atomic_write_json
 
     cfg = load_config(config_path, overrides)
+    device = _estimate_device(gpu)
+    if device != "cpu":
+        try:
+            gpu_key(device)  # a bad --gpu is refused before the data and the tokenizer are read
+        except ValueError as err:
+            raise MathtuneError(f"--gpu: {err}") from None
     rows, _ = prepare_rows(cfg)
-    try:
-        e = estimate_run(cfg, rows, _estimate_device(gpu), mfu)
-    except ValueError as err:
-        raise MathtuneError(f"--gpu: {err}") from None
+    e = estimate_run(cfg, rows, device, mfu)
     click.echo(format_estimate(e))
     if json_out:
         atomic_write_json(Path(json_out), e)

@@ -110,6 +110,14 @@ def train_steps(cfg, n_train: int) -> tuple[int, int]:
     return steps, steps // t.eval_steps + 1  # +1: the base model's validation loss at step 0
 
 
+def gpu_key(device: str) -> str:
+    """The GPUS entry a device name matches ("NVIDIA H100 80GB HBM3" -> "H100"); ValueError when none does."""
+    key = next((k for k in GPUS if k.lower() in device.lower()), None)
+    if key is None:
+        raise ValueError(f"no figures for GPU {device!r}; known: {', '.join(GPUS)}")
+    return key
+
+
 def throughput(device: str, params: int, mfu: float | None = None, eval_dtype: str = "float32") -> dict:
     """tokens/s for training and generation on `device` ("cpu" or a GPU name) for a model of `params`; on a GPU the
     training rate is the FLOP model at `mfu` (measured by bench/train_throughput_gpu.py), else at MEASURED_MFU where
@@ -125,9 +133,7 @@ def throughput(device: str, params: int, mfu: float | None = None, eval_dtype: s
             "basis": f"measured on SmolLM2-135M ({t['train_source']}; generation in {measured}: "
             f"{t['eval_source'][measured]}), scaled by {t['params'] / 1e6:.0f}M / {params / 1e6:.0f}M parameters",
         }
-    key = next((k for k in GPUS if k.lower() in device.lower()), None)
-    if key is None:
-        raise ValueError(f"no figures for GPU {device!r}; known: {', '.join(GPUS)}")
+    key = gpu_key(device)
     g = GPUS[key]
     if mfu:
         share, how = mfu, "measured: --mfu"
