@@ -9,7 +9,8 @@ so each line sums over the layers.
 
     python bench/train_saved_tensors.py --gsm8k ../shared/data/gsm8k [--rows-per-forward 2,8]
 Writes bench/results/train_saved_tensors_cpu.json: one entry per rows-per-forward value, and the per-token slope
-between the first and the last (what one more token in a forward costs).
+between the first and the last (what one more token in a forward costs). With train.pad_to_multiple_of, `tokens` are the
+rows' own and `pad_tokens` the padding row's, which the forward processes (and saves for) too.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def main() -> None:
     train = sft_dataset(read_jsonl(run / "data" / "train.jsonl"), prompt_format(cfg.model, tokenizer), cfg.model)
     measured = [measure(cfg, run, tokenizer, train, int(n)) for n in args.rows_per_forward.split(",")]
     first, last = measured[0], measured[-1]
-    slope = (last["saved_mb"] - first["saved_mb"]) / max(1, last["tokens"] - first["tokens"]) * 1e3
+    processed = lambda m: m["tokens"] + m["pad_tokens"]  # noqa: E731  (a padding row's tokens are saved for too)
+    slope = (last["saved_mb"] - first["saved_mb"]) / max(1, processed(last) - processed(first)) * 1e3
     result = {
         "benchmark": "train_saved_tensors_cpu",
         "config": os.path.relpath(args.config, ROOT),
@@ -115,7 +117,7 @@ def main() -> None:
     result = record.write(args.out, result)
     print(json.dumps({"saved_kb_per_token": result["saved_kb_per_token"]}))
     for m in measured:
-        print(json.dumps({k: m[k] for k in ("rows", "tokens", "saved_mb", "by_kind_mb")}))
+        print(json.dumps({k: m[k] for k in ("rows", "tokens", "pad_tokens", "saved_mb", "by_kind_mb")}))
 
 
 def measure(cfg, run: Path, tokenizer, train, rows: int) -> dict:
@@ -128,6 +130,7 @@ def measure(cfg, run: Path, tokenizer, train, rows: int) -> dict:
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"rows_per_forward": rows})})
     trainer = make_trainer(cfg, "cpu", tokenizer, sft_args(cfg, run, "cpu"), train, train)
     batch = next(iter(trainer.get_train_dataloader()))
+    pad = int(batch.pop("pad_tokens", 0))  # train.pad_to_multiple_of's padding row: processed, not trained on
     model = trainer.model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         by_module, (_, count, _) = saved_by_module(model, lambda: completion_loss(model, batch))
@@ -136,7 +139,8 @@ def measure(cfg, run: Path, tokenizer, train, rows: int) -> dict:
         by_kind[kind(module)] += n
     return {
         "rows": rows,
-        "tokens": int(batch["input_ids"].numel()),
+        "tokens": int(batch["input_ids"].numel()) - pad,
+        "pad_tokens": pad,
         "answer_tokens": int(count),
         "saved_mb": round(sum(by_module.values()) / 1e6, 1),
         "by_kind_mb": {k: round(v / 1e6, 1) for k, v in by_kind.most_common()},

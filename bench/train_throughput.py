@@ -328,7 +328,12 @@ def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
     out += [
         (
             "mathtune_per_sequence",
-            {"kind": "mathtune", "steps": lever_steps, "overrides": ["train.batching=per_sequence"]},
+            # one row per forward, unpadded: train.pad_to_multiple_of pads packed rows only
+            {
+                "kind": "mathtune",
+                "steps": lever_steps,
+                "overrides": ["train.batching=per_sequence", "train.pad_to_multiple_of=null"],
+            },
         )
     ]
     out += [
@@ -473,7 +478,7 @@ def main() -> None:
 
     cfg = load_config(args.config, [f"data.path={args.gsm8k}"])
     only = set(filter(None, args.only.split(",")))
-    results = {}
+    results, failed = {}, {}
     for name, spec in settings(args.steps, args.lever_steps):
         if only and name not in only:
             continue
@@ -493,18 +498,17 @@ def main() -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
-            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        results[name] = json.loads(lines[-1][len("RESULT ") :])
-        r = results[name]
-        print(
-            f"{name}: {r['tokens']} tokens in {r['seconds']} s = {r['tokens_per_s']} tokens/s, "
-            f"final loss {r['final_loss']}, peak RSS {r['peak_rss_gb']} GB",
-            flush=True,
-        )
-    out = summary(results, args.rows, cfg)
-    out["command"] = " ".join(["python", "bench/train_throughput.py", *sys.argv[1:]])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+            # One setting's failure does not cost the others' figures: it is reported, and the run goes on.
+            failed[name] = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"{name} failed: {failed[name]}\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
+        else:
+            results[name] = r = json.loads(lines[-1][len("RESULT ") :])
+            print(
+                f"{name}: {r['tokens']} tokens in {r['seconds']} s = {r['tokens_per_s']} tokens/s, "
+                f"final loss {r['final_loss']}, peak RSS {r['peak_rss_gb']} GB",
+                flush=True,
+            )
+        out = write_summary(args, results, failed, cfg)  # after every setting: an interruption keeps what ran
     print(
         json.dumps(
             {
@@ -521,6 +525,20 @@ def main() -> None:
             }
         )
     )
+    if failed:
+        sys.exit(f"{len(failed)} setting(s) failed: {', '.join(failed)}")
+
+
+def write_summary(args, results: dict, failed: dict, cfg) -> dict:
+    out = summary(results, args.rows, cfg)
+    if failed:
+        out["failed"] = failed
+    out["command"] = " ".join(["python", "bench/train_throughput.py", *sys.argv[1:]])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    tmp.replace(args.out)
+    return out
 
 
 if __name__ == "__main__":

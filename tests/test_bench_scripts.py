@@ -59,25 +59,29 @@ def test_leftover_benchmark_finds_trainings_kernel_caches(tmp_path, gsm8k):
     assert kernels > owners.get("other", 0), owners
 
 
-def tiny_bf16_config(tmp_path) -> Path:
+def tiny_bf16_config(tmp_path, **train) -> Path:
     import yaml
 
     cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     cfg["train"]["bf16"] = True  # bf16 autocast: oneDNN's and ATen's kernels, as on the demo, on a 2-layer model
+    cfg["train"].update(train)
     (tmp_path / "tiny-bf16.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path / "tiny-bf16.yaml"
 
 
 @pytest.mark.slow
 def test_saved_tensors_benchmark_sums_what_each_forward_keeps(tmp_path, gsm8k):
-    """What autograd saves grows with the tokens of a forward; the LoRA dropout's inputs and masks are part of it."""
+    """What autograd saves grows with the tokens of a forward; the LoRA dropout's inputs and masks are part of it.
+    The config pads packed rows, as the demo's does: the padding row is counted apart."""
     out = tmp_path / "saved.json"
-    args = ["--config", tiny_bf16_config(tmp_path), "--rows-per-forward", "1,4", "--gsm8k", gsm8k, "--out", out]
+    config = tiny_bf16_config(tmp_path, batching="packed", pad_to_multiple_of=16)
+    args = ["--config", config, "--rows-per-forward", "1,4", "--gsm8k", gsm8k, "--out", out]
     res = bench_script("train_saved_tensors.py", *args)
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     one, four = r["forwards"]
     assert (one["rows"], four["rows"]) == (1, 4) and four["tokens"] > 2 * one["tokens"]
+    assert all((f["tokens"] + f["pad_tokens"]) % 16 == 0 and f["pad_tokens"] < 16 for f in (one, four))
     assert four["saved_mb"] > one["saved_mb"] and r["saved_kb_per_token"] > 0
     for f in (one, four):
         assert sum(f["by_kind_mb"].values()) == pytest.approx(f["saved_mb"], abs=0.5)
@@ -113,6 +117,25 @@ def test_cpu_training_benchmark_runs_each_setting_in_its_own_process(tmp_path, g
     assert [s["onednn_cache"] for s in r["settings"]] == [1024, ONEDNN_CACHE_SIZE, ONEDNN_CACHE_SIZE]
 
 
+def test_every_training_bench_setting_is_a_valid_demo_config():
+    """Each setting's overrides load with the config the bench reads (the demo's), so no setting fails after an
+    hour of the others: a per-row layout, for one, has to take the demo's packed-row padding out."""
+    import sys
+
+    from mathtune.config import load_config
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from train_throughput import settings
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    specs = settings(32, 8)
+    assert len({name for name, _ in specs}) == len(specs)
+    for name, spec in specs:
+        cfg = load_config(ROOT / "configs" / "demo-cpu.yaml", spec.get("overrides", []))
+        assert cfg.train.batching in ("auto", "packed", "per_sequence"), name
+
+
 def test_committed_results_have_their_fields():
     cpu = json.loads((ROOT / "bench" / "results" / "train_throughput_cpu.json").read_text())
     for key in (
@@ -141,7 +164,8 @@ def test_committed_results_have_their_fields():
     # Saved tensors per forward: the per-token figure the README cites is the slope between its two forwards.
     saved = json.loads((ROOT / "bench" / "results" / "train_saved_tensors_cpu.json").read_text())
     first, last = saved["forwards"][0], saved["forwards"][-1]
-    slope = (last["saved_mb"] - first["saved_mb"]) / (last["tokens"] - first["tokens"]) * 1e3
+    processed = lambda f: f["tokens"] + f.get("pad_tokens", 0)  # noqa: E731
+    slope = (last["saved_mb"] - first["saved_mb"]) / (processed(last) - processed(first)) * 1e3
     assert saved["saved_kb_per_token"] == round(slope, 1) and "machine" in saved and "date" in saved
     for f in saved["forwards"]:
         assert sum(f["by_kind_mb"].values()) == pytest.approx(f["saved_mb"], abs=0.5)
