@@ -478,8 +478,12 @@ def main() -> None:
 
     cfg = load_config(args.config, [f"data.path={args.gsm8k}"])
     only = set(filter(None, args.only.split(",")))
+    specs = settings(args.steps, args.lever_steps)
+    unknown = only - {name for name, _ in specs}
+    if unknown:  # refused before anything runs: the summary is written after each setting, so none would be
+        sys.exit(f"--only: no setting named {', '.join(sorted(unknown))}")
     results, failed = {}, {}
-    for name, spec in settings(args.steps, args.lever_steps):
+    for name, spec in specs:
         if only and name not in only:
             continue
         cmd = [
