@@ -161,6 +161,13 @@ def test_committed_results_have_their_fields():
     assert pair["peak_rss_gb"] == {"64": capped["peak_rss_gb"], "1024": default["peak_rss_gb"]}
     assert pair["speed_ratio_64_over_1024"] == round(capped["tokens_per_s"] / default["tokens_per_s"], 3)
     assert pair["same_final_loss"] == (capped["final_loss"] == default["final_loss"])
+    # The same pair on the padded demo config, run twice: each run's ratio and loss check are its own figures'.
+    padded = json.loads((ROOT / "bench" / "results" / "train_onednn_cache_padded_cpu.json").read_text())
+    for run in padded["runs"]:
+        capped, default = run["cap_64"], run["cap_1024"]
+        assert capped["onednn_cache"] == ONEDNN_CACHE_SIZE and default["onednn_cache"] == 1024
+        assert run["speed_ratio_1024_over_64"] == round(default["tokens_per_s"] / capped["tokens_per_s"], 3)
+        assert run["same_final_loss"] == (capped["final_loss"] == default["final_loss"])
     # Saved tensors per forward: the per-token figure the README cites is the slope between its two forwards.
     saved = json.loads((ROOT / "bench" / "results" / "train_saved_tensors_cpu.json").read_text())
     first, last = saved["forwards"][0], saved["forwards"][-1]

@@ -25,9 +25,11 @@ import sys
 ENV = "MATHTUNE_ALLOCATOR"
 ONEDNN_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 # One forward's kernels: a model's layers share a handful of shapes, so the ~30 layers still reuse them. On SmolLM2
-# LoRA training, 32 steps: peak RSS 3.31 GB at oneDNN's 1024, 2.92 GB at 64, the same loss to the last bit and the
-# same speed within noise (bench/results/train_throughput_cpu.json, `onednn_cache_1024`); 0 (no cache) made a step
-# several times slower.
+# LoRA training with unpadded packed rows, 32 steps: peak RSS 3.31 GB at oneDNN's 1024, 2.92 GB at 64, the same loss
+# to the last bit and the same speed within noise (bench/results/train_onednn_cache_cpu.json); 0 (no cache) made a
+# step several times slower. With train.pad_to_multiple_of the shapes repeat and the cap costs speed: 1.08-1.17x
+# faster at 1024 in three runs, 2.65 GB against 2.37 (bench/results/train_onednn_cache_padded_cpu.json). A cap chosen
+# by the padding is not built yet.
 ONEDNN_CACHE_SIZE = 64
 LIBRARIES = ("tcmalloc_minimal", "tcmalloc")
 
