@@ -534,14 +534,13 @@ def main() -> None:
 
 
 def write_summary(args, results: dict, failed: dict, cfg) -> dict:
+    from mathtune.io import atomic_write_json
+
     out = summary(results, args.rows, cfg)
     if failed:
         out["failed"] = failed
     out["command"] = " ".join(["python", "bench/train_throughput.py", *sys.argv[1:]])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(args.out)
+    atomic_write_json(Path(args.out), out)
     return out
 
 
