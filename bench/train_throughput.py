@@ -38,14 +38,17 @@ from mathtune import memory  # /proc only: imports nothing that reads the alloca
 ROOT = Path(__file__).resolve().parents[1]
 NOTE = (
     "Each setting ran in its own process. Plain TRL (baseline, trl_*) on the system allocator, mathtune and the "
-    "limit under tcmalloc as mathtune runs itself; trl_tcmalloc and mathtune_allocator_glibc swap that. trl_* levers add to the baseline in turn (gradient checkpointing off, "
+    "limit under tcmalloc as mathtune runs itself; trl_tcmalloc and mathtune_allocator_glibc swap that. trl_* "
+    "levers add to the baseline in turn (gradient checkpointing off, "
     "then bf16 autocast, then TRL's padding_free or a per-row layout). mathtune_* levers are mathtune's path "
     "with one change: per_sequence / rows_per_forward=N (the batch layout), torch_dropout (PEFT's nn.Dropout "
     "instead of FastDropout), float32_frozen (frozen weights cast by autocast on every forward), trl_loss (TRL's "
-    "fused LM head over every position instead of the answer-token loss), compile (torch.compile), onednn_cache_1024 "
-    "(oneDNN's default primitive cache instead of mathtune's cap of 64, allocator.py; plain TRL runs at 1024); "
+    "fused LM head over every position instead of the answer-token loss), compile (torch.compile), onednn_cache_64 "
+    "(oneDNN's primitive cache capped at 64 kernels, as mathtune caps it for unpadded rows, instead of the 1024 it "
+    "trains padded rows at, allocator.training_onednn_cache; plain TRL and the limit run at 1024); "
     "no_padding (train.pad_to_multiple_of taken out: the demo config pads each forward and each row's attention to a "
-    "multiple of 64 tokens, so that shapes repeat), over all the steps; rows_per_forward=4_all_steps likewise."
+    "multiple of 64 tokens, so that shapes repeat; unpadded, mathtune caps oneDNN's cache at 64), over all the steps; "
+    "rows_per_forward=4_all_steps likewise."
 )
 LIMIT_LENGTHS = (256, 512, 1024)
 
@@ -319,8 +322,9 @@ def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
             spec["allocator"] = "system"
         if spec["kind"] == "trl":
             spec["onednn_cache"] = 1024  # oneDNN's default: plain TRL as a user runs it
-    # oneDNN's default cache on mathtune's path, over as many steps as mathtune's run: its memory grows with them.
-    out += [("mathtune_onednn_cache_1024", {"kind": "mathtune", "steps": steps, "onednn_cache": 1024})]
+    # mathtune's path with the cap it gives unpadded rows, over as many steps as mathtune's run: the cache's memory
+    # grows with them.
+    out += [("mathtune_onednn_cache_64", {"kind": "mathtune", "steps": steps, "onednn_cache": 64})]
     out += [
         (f"mathtune_{c}", {"kind": "mathtune", "steps": lever_steps, "change": c})
         for c in ("torch_dropout", "float32_frozen", "trl_loss", "compile")
@@ -358,11 +362,18 @@ def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
 def child(spec: dict, gsm8k: str, config: str, n_rows: int) -> dict:
     import torch
 
+    from mathtune import allocator
     from mathtune.config import load_config
     from mathtune.data.sources import from_jsonl
     from mathtune.train.stage import sft_dataset
 
     cfg = load_config(config, [f"data.path={gsm8k}", *spec.get("overrides", [])])
+    # oneDNN's kernel cache, before the first matrix product, as mathtune's training stage sizes it (a setting's
+    # own `onednn_cache`, set by child_env, stands); the limit's equal-length sequences repeat their shapes.
+    if spec["kind"] == "mathtune":
+        allocator.bound_onednn_cache(allocator.training_onednn_cache(cfg.train.pad_to_multiple_of))
+    elif spec["kind"] == "limit":
+        allocator.bound_onednn_cache(allocator.ONEDNN_CACHE_REPEATING_SHAPES)
     dataset = sft_dataset(from_jsonl(Path(gsm8k), "train")[:n_rows], "chat", cfg.model)
     tmp = tempfile.mkdtemp(prefix="mathtune-bench-")
     if spec["kind"] == "trl":
@@ -375,21 +386,21 @@ def child(spec: dict, gsm8k: str, config: str, n_rows: int) -> dict:
         result["rows_per_forward"] = cfg.train.rows_per_forward
     else:
         result = run_limit(cfg, dataset, spec["length"], per_forward=spec.get("per_forward"))
-    from mathtune.allocator import ONEDNN_CACHE, current
-
     result["threads"] = torch.get_num_threads()
-    result["allocator"] = current()
-    result["onednn_cache"] = int(os.environ.get(ONEDNN_CACHE, 1024))
+    result["allocator"] = allocator.current()
+    result["onednn_cache"] = int(os.environ.get(allocator.ONEDNN_CACHE, 1024))
     return result
 
 
 def child_env(name: str, onednn_cache: int | None = None) -> dict:
-    """The setting's process environment: its allocator, and oneDNN's primitive cache capped as mathtune caps it
-    (allocator.bound_onednn_cache) or at `onednn_cache` (oneDNN's default, 1024, for plain TRL)."""
-    from mathtune.allocator import ONEDNN_CACHE, ONEDNN_CACHE_SIZE, find_tcmalloc
+    """The setting's process environment: its allocator, and oneDNN's primitive cache at `onednn_cache` where the
+    setting names one (plain TRL: oneDNN's default, 1024), else unset, for the child to size as mathtune does."""
+    from mathtune.allocator import ONEDNN_CACHE, ONEDNN_CACHE_CHOSEN_BY, find_tcmalloc
 
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    env[ONEDNN_CACHE] = str(onednn_cache or ONEDNN_CACHE_SIZE)
+    drop = ("LD_PRELOAD", ONEDNN_CACHE, ONEDNN_CACHE_CHOSEN_BY)
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    if onednn_cache:
+        env[ONEDNN_CACHE] = str(onednn_cache)  # as a user's value: it stands
     if name == "tcmalloc":
         lib = find_tcmalloc()
         if lib is None:

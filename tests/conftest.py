@@ -17,6 +17,17 @@ def gsm8k() -> Path:
     return GSM8K
 
 
+@pytest.fixture(autouse=True)
+def no_onednn_cache_setting(monkeypatch):
+    """Each test starts with oneDNN's cache variables unset, as a user's shell has them, and what a training stage
+    run in this process sets there (allocator.bound_onednn_cache) is undone after it."""
+    from mathtune.allocator import ONEDNN_CACHE, ONEDNN_CACHE_CHOSEN_BY
+
+    for name in (ONEDNN_CACHE, ONEDNN_CACHE_CHOSEN_BY):
+        monkeypatch.setenv(name, "")  # recorded first, so that the undo restores the variable's absence too
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def tiny_overrides(gsm8k) -> list[str]:
     return [f"data.path={gsm8k}"]

@@ -6,18 +6,31 @@ import sys
 
 import pytest
 
-from mathtune.allocator import ONEDNN_CACHE, ONEDNN_CACHE_SIZE, bound_onednn_cache
+from mathtune.allocator import (
+    ONEDNN_CACHE,
+    ONEDNN_CACHE_CHOSEN_BY,
+    ONEDNN_CACHE_REPEATING_SHAPES,
+    ONEDNN_CACHE_SIZE,
+    bound_onednn_cache,
+    training_onednn_cache,
+)
 
 from conftest import python_on_glibc
 
 
-def test_onednn_cache_is_capped_unless_the_user_set_it(monkeypatch):
-    monkeypatch.delenv(ONEDNN_CACHE, raising=False)
-    bound_onednn_cache()
-    assert os.environ[ONEDNN_CACHE] == str(ONEDNN_CACHE_SIZE)
+def test_onednn_cache_is_capped_unless_the_user_set_it(monkeypatch):  # conftest: both variables unset at first
+    assert bound_onednn_cache() == str(ONEDNN_CACHE_SIZE)
+    # mathtune's own choice may be made again: the training stage sizes it for its rows
+    assert bound_onednn_cache(ONEDNN_CACHE_REPEATING_SHAPES) == os.environ[ONEDNN_CACHE] == "1024"
+    monkeypatch.delenv(ONEDNN_CACHE_CHOSEN_BY)
     monkeypatch.setenv(ONEDNN_CACHE, "8")
-    bound_onednn_cache()
-    assert os.environ[ONEDNN_CACHE] == "8"  # the user's choice stands
+    assert bound_onednn_cache() == bound_onednn_cache(ONEDNN_CACHE_REPEATING_SHAPES) == "8"  # the user's stands
+    assert ONEDNN_CACHE_CHOSEN_BY not in os.environ
+
+
+def test_training_keeps_the_kernels_of_shapes_that_repeat():
+    assert training_onednn_cache(None) == ONEDNN_CACHE_SIZE == 64  # unpadded rows: each shape met once
+    assert training_onednn_cache(64) == ONEDNN_CACHE_REPEATING_SHAPES == 1024  # oneDNN's default
 
 
 def test_the_training_and_generating_commands_set_it_before_torch_starts():
@@ -29,7 +42,7 @@ def test_the_training_and_generating_commands_set_it_before_torch_starts():
         "cli.main()\n"
         "print(os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY'), 'torch' in sys.modules)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != ONEDNN_CACHE}
+    env = {k: v for k, v in os.environ.items() if k not in (ONEDNN_CACHE, ONEDNN_CACHE_CHOSEN_BY)}
     env["MATHTUNE_ALLOCATOR"] = "system"  # no restart under tcmalloc: this process is the one inspected
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [str(ONEDNN_CACHE_SIZE), "False"]

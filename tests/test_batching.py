@@ -82,7 +82,8 @@ def test_every_layout_gives_the_padded_loss(tmp_path, gsm8k):
 
 def test_padding_packed_rows_to_a_multiple_changes_neither_loss_nor_token_count(tmp_path, gsm8k):
     """train.pad_to_multiple_of: the packed sequence ends in a padding row and each row's attention is padded with
-    zeros, neither of which a real token can see: the same losses (validation too) and the same trained tokens."""
+    zeros, neither of which a real token can see: the same losses (validation too) and the same trained tokens.
+    Padded shapes repeat, so training keeps oneDNN's default kernel cache; unpadded ones get the cap."""
     from mathtune.io import read_json
 
     plain = _train_run(tmp_path, gsm8k, "packed", "train.rows_per_forward=2")
@@ -92,6 +93,7 @@ def test_padding_packed_rows_to_a_multiple_changes_neither_loss_nor_token_count(
         assert _losses(padded, key) == pytest.approx(_losses(plain, key), rel=1e-5), key
     tokens = [read_json(out / "train.json")["tokens"] for out in (plain, padded)]
     assert tokens[0] == tokens[1] > 0
+    assert [read_json(out / "train.json")["onednn_cache"] for out in (plain, padded)] == [64, 1024]
 
 
 def test_a_padded_batch_ends_in_a_row_of_its_own():

@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+from mathtune.allocator import bound_onednn_cache, training_onednn_cache
 from mathtune.cost import hourly_price
 from mathtune.data.format import prompt_format, sft_example
 from mathtune.errors import MathtuneError
@@ -191,6 +192,8 @@ def check_padding(cfg, device: str) -> int | None:
 
 
 def run_train(cfg, run_dir: Path) -> dict:
+    # Before torch's first matrix product in this process (`mathtune run` trains in a fresh one, isolate.py).
+    onednn_cache = bound_onednn_cache(training_onednn_cache(cfg.train.pad_to_multiple_of))
     import torch
     from transformers import EarlyStoppingCallback
 
@@ -269,6 +272,8 @@ def run_train(cfg, run_dir: Path) -> dict:
         "train_loss_mean": result.training_loss,
         "tokens": int(state.num_input_tokens_seen),  # every session's (loss.TokensInState)
         "batching": batching(cfg, device),
+        # oneDNN's kernel cache (CPU only), as the environment gave it: a user's value is kept as written
+        "onednn_cache": (int(onednn_cache) if onednn_cache.isdigit() else onednn_cache) if device == "cpu" else None,
         "resumed_from": str(resume_from) if resume_from else None,
         "mlflow_run_id": getattr(trainer, "mlflow_run_id", None),
     }
