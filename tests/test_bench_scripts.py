@@ -322,3 +322,21 @@ def test_full_split_benchmark_runs_and_takes_a_matching_runs_base_evaluation(tmp
         assert from_run(run, cfg, tmp_path) is None
     finally:
         sys.path.remove(sys_path)
+
+
+@pytest.mark.slow
+def test_cache_pairs_benchmark_alternates_its_order(tmp_path, gsm8k):
+    """Two pairs on a padded tiny config: the chosen cache (oneDNN's default, as the rows are padded) against the
+    cap, first A B then B A; each pair's ratio and loss check are its own two runs'."""
+    out = tmp_path / "pairs.json"
+    config = tiny_bf16_config(tmp_path, batching="packed", pad_to_multiple_of=16)
+    args = ["--config", config, "--rows", "16", "--steps", "2", "--pairs", "2", "--gsm8k", gsm8k, "--out", out]
+    res = bench_script("train_onednn_cache_pairs.py", *args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["chosen_cache"] == 1024 and [p["order"] for p in r["runs"]] == ["1024 then 64", "64 then 1024"]
+    for p in r["runs"]:
+        assert (p["chosen"]["onednn_cache"], p["capped_64"]["onednn_cache"]) == (1024, ONEDNN_CACHE_SIZE)
+        assert p["speed_ratio_chosen_over_64"] == round(p["chosen"]["tokens_per_s"] / p["capped_64"]["tokens_per_s"], 3)
+        assert p["same_final_loss"] == (p["chosen"]["final_loss"] == p["capped_64"]["final_loss"])
+    assert r["faster_than_capped"].endswith("of 2") and r["machine"]["cores"] > 0

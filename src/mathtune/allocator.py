@@ -35,8 +35,8 @@ ONEDNN_CACHE_CHOSEN_BY = "MATHTUNE_ONEDNN_CACHE_CHOSEN_BY"
 # step several times slower.
 ONEDNN_CACHE_SIZE = 64
 # With train.pad_to_multiple_of the shapes repeat, and a cap of 64 evicted kernels that came back: at oneDNN's
-# default the padded demo config trained 1.08-1.17x faster in three runs, 2.65 GB against 2.37, the same loss to the
-# last bit (bench/results/train_onednn_cache_padded_cpu.json).
+# default the padded demo config trained faster in 5 of 5 pairs, 1.05-1.15x, 2.65 GB against 2.37, the same loss to
+# the last bit (bench/results/train_onednn_cache_padded_cpu.json).
 ONEDNN_CACHE_REPEATING_SHAPES = 1024
 LIBRARIES = ("tcmalloc_minimal", "tcmalloc")
 

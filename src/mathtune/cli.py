@@ -281,11 +281,14 @@ def main(argv: list[str] | None = None) -> int:
 
         bound_onednn_cache()  # before the restart, so the restarted process inherits it
         restart_under_tcmalloc(args)
+    from mathtune import interrupts
     from mathtune.progress import quiet_libraries
 
+    interrupts.install()
     quiet_libraries()
     try:
         cli.main(args=args, prog_name="mathtune", standalone_mode=False)
+        interrupts.raise_if_interrupted()  # a Ctrl-C that a callback swallowed still ends the command as one
     except MathtuneError as e:
         _close_bars()
         click.echo(f"mathtune: error: {e}", err=True)

@@ -21,6 +21,7 @@ from mathtune import allocator, memory
 from mathtune.config import Config, config_hash, config_to_yaml, diff_keys, load_config
 from mathtune.distributed import barrier, is_main, rank_and_world
 from mathtune.errors import MathtuneError
+from mathtune.interrupts import raise_if_interrupted
 from mathtune.io import atomic_write_json, atomic_write_text, read_json
 from mathtune.isolate import in_own_process
 
@@ -329,6 +330,7 @@ def run_all(cfg: Config, run_dir: Path) -> None:
         check_model_name(cfg.model.name)  # before the data stage: a model that cannot load fails in a second
     redo = False
     for s in STAGES:
+        raise_if_interrupted()  # a Ctrl-C swallowed during the stage before (interrupts.py) stops the run here
         if not redo and s.done(cfg, run_dir):
             if is_main():
                 print(f"mathtune: {s.name}: already done, skipped")
