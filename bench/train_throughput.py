@@ -42,13 +42,15 @@ NOTE = (
     "levers add to the baseline in turn (gradient checkpointing off, "
     "then bf16 autocast, then TRL's padding_free or a per-row layout). mathtune_* levers are mathtune's path "
     "with one change: per_sequence / rows_per_forward=N (the batch layout), torch_dropout (PEFT's nn.Dropout "
-    "instead of FastDropout), float32_frozen (frozen weights cast by autocast on every forward), trl_loss (TRL's "
+    "and its A product instead of DroppedLinear), fast_dropout_then_a (FastDropout then PEFT's A product, which "
+    "keep the dropped-out input and the mask for the backward, instead of DroppedLinear), unfused_head (the answer-"
+    "token loss through the model's head and a chunked cross-entropy instead of linear_cross_entropy), float32_frozen (frozen weights cast by autocast on every forward), trl_loss (TRL's "
     "fused LM head over every position instead of the answer-token loss), compile (torch.compile), onednn_cache_64 "
     "(oneDNN's primitive cache capped at 64 kernels, as mathtune caps it for unpadded rows, instead of the 1024 it "
     "trains padded rows at, allocator.training_onednn_cache; plain TRL and the limit run at 1024); "
     "no_padding (train.pad_to_multiple_of taken out: the demo config pads each forward and each row's attention to a "
     "multiple of 64 tokens, so that shapes repeat; unpadded, mathtune caps oneDNN's cache at 64), over all the steps; "
-    "rows_per_forward=4_all_steps likewise."
+    "rows_per_forward=2_all_steps (the demo's before) likewise, right after mathtune."
 )
 LIMIT_LENGTHS = (256, 512, 1024)
 
@@ -177,7 +179,11 @@ def run_mathtune(cfg, dataset, tmp: str, steps: int, change: str = "") -> dict:
     from mathtune.train import lora
 
     if change == "torch_dropout":
-        lora.fast_dropout = lambda model: 0
+        lora.fast_dropout = lora.drop_inside_lora_a = lambda model: 0
+    if change == "fast_dropout_then_a":
+        lora.drop_inside_lora_a = lambda model: 0
+    if change == "unfused_head":
+        loss_module.fusable_head = lambda model: None
     if change == "float32_frozen":
         lora.frozen_linear_to_bf16 = lambda model: 0
     if change == "trl_loss":
@@ -279,6 +285,11 @@ def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
     out = [
         ("baseline", {"kind": "trl", "steps": steps, "allocator": "system"}),
         ("mathtune", {"kind": "mathtune", "steps": steps}),
+        # right after mathtune, as near a pair as a sequence of settings gets: the demo's rows per forward before
+        (
+            "mathtune_rows_per_forward=2_all_steps",
+            {"kind": "mathtune", "steps": steps, "overrides": ["train.rows_per_forward=2"]},
+        ),
     ]
     out += [(f"limit_{n}", {"kind": "limit", "length": n}) for n in LIMIT_LENGTHS]
     out += [("limit_512_one_per_forward", {"kind": "limit", "length": 512, "per_forward": 1})]
@@ -327,7 +338,7 @@ def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
     out += [("mathtune_onednn_cache_64", {"kind": "mathtune", "steps": steps, "onednn_cache": 64})]
     out += [
         (f"mathtune_{c}", {"kind": "mathtune", "steps": lever_steps, "change": c})
-        for c in ("torch_dropout", "float32_frozen", "trl_loss", "compile")
+        for c in ("torch_dropout", "fast_dropout_then_a", "unfused_head", "float32_frozen", "trl_loss", "compile")
     ]
     out += [
         (
@@ -345,16 +356,12 @@ def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
             f"mathtune_rows_per_forward={n}",
             {"kind": "mathtune", "steps": lever_steps, "overrides": [f"train.rows_per_forward={n}"]},
         )
-        for n in (1, 4, 8)
+        for n in (1, 2, 8)
     ]
-    # train.pad_to_multiple_of (packing.py; the demo config pads to 64): taken out, and with 4 rows per forward, over
-    # as many steps as mathtune's run, as memory grows with the steps.
+    # train.pad_to_multiple_of (packing.py; the demo config pads to 64) taken out, over as many steps as mathtune's
+    # run, as memory grows with the steps.
     out += [
         ("mathtune_no_padding", {"kind": "mathtune", "steps": steps, "overrides": ["train.pad_to_multiple_of=null"]}),
-        (
-            "mathtune_rows_per_forward=4_all_steps",
-            {"kind": "mathtune", "steps": steps, "overrides": ["train.rows_per_forward=4"]},
-        ),
     ]
     return out
 

@@ -8,7 +8,14 @@ from torch import nn
 from mathtune.config import load_config
 from mathtune.models import TINY, ensure_local, load_model
 from mathtune.train import packing
-from mathtune.train.lora import FastDropout, fast_dropout, frozen_linear_to_bf16, lora_model
+from mathtune.train.lora import (
+    DroppedLinear,
+    FastDropout,
+    drop_inside_lora_a,
+    fast_dropout,
+    frozen_linear_to_bf16,
+    lora_model,
+)
 from mathtune.train.loss import completion_loss, scored_positions
 from mathtune.train.packing import row_bounds, use_packed_attention
 
@@ -44,20 +51,75 @@ def test_fast_dropout_follows_the_seed_and_autocast():
         assert drop(x).dtype == torch.bfloat16  # the dtype LoRA's A product casts to anyway
 
 
-def _tiny_lora(bf16: bool):
+def _tiny_lora(bf16: bool, mathtune_changes: bool = True):
     cfg = load_config(TINY_CFG)
     torch.manual_seed(0)
+    if not mathtune_changes:
+        from peft import get_peft_model
+
+        from mathtune.train.lora import lora_config
+
+        return get_peft_model(load_model(cfg.model, "cpu"), lora_config(cfg.lora))
     return lora_model(load_model(cfg.model, "cpu"), cfg.lora, bf16_autocast=bf16)
 
 
 def test_lora_model_swaps_every_dropout_and_casts_only_frozen_linear_weights():
     model = _tiny_lora(bf16=True)
-    assert not any(isinstance(m, nn.Dropout) for m in model.modules())
-    assert sum(isinstance(m, FastDropout) for m in model.modules()) == 2 * 7  # 2 layers x 7 linear modules
+    assert not any(isinstance(m, (nn.Dropout, FastDropout)) for m in model.modules())
+    dropped = [m for m in model.modules() if isinstance(m, DroppedLinear)]
+    assert len(dropped) == 2 * 7 and all(m.p == 0.1 for m in dropped)  # 2 layers x 7 linear modules
     for name, p in model.named_parameters():
         expect = torch.bfloat16 if ("base_layer" in name and not p.requires_grad) else torch.float32
         assert p.dtype == expect, name
-    assert fast_dropout(model) == 0 and frozen_linear_to_bf16(model) == 0  # nothing left to change
+    assert drop_inside_lora_a(model) == fast_dropout(model) == frozen_linear_to_bf16(model) == 0  # nothing left
+    fresh = _tiny_lora(bf16=False, mathtune_changes=False)
+    assert model.state_dict().keys() == fresh.state_dict().keys()  # adapters save and load under PEFT's names
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_dropout_inside_the_a_product_is_fast_dropout_then_a(bf16):
+    """DroppedLinear's output and gradients are those of FastDropout followed by the A product, for the same mask
+    (drawn again from the same seed in the backward), in float32 and under bf16 autocast."""
+    from mathtune.train.lora import DropoutLinear, keep_mask
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 40, 24, requires_grad=True)
+    w = torch.randn(4, 24, requires_grad=True)
+    grad = torch.randn(2, 40, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = DropoutLinear.apply(x, w, 0.25, 1234)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        keep = keep_mask(x.to(dtype), 0.25, torch.Generator().manual_seed(1234))
+        x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        expect = nn.functional.linear(torch.where(keep, x2.to(dtype), 0) * (1 / 0.75), w2)
+    assert 0.6 < keep.float().mean() < 0.9 and out.dtype == expect.dtype == dtype
+    assert torch.equal(out, expect)
+    out.backward(grad.to(out.dtype))
+    expect.backward(grad.to(out.dtype))
+    tol = dict(rtol=1e-2, atol=1e-2) if bf16 else {}  # the weight's product summed in another order in bf16
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(w.grad, w2.grad, **tol)
+    assert (x.grad == 0).eq(~keep.expand_as(x)).all()  # dropped elements get no gradient
+
+
+def test_dropped_linear_follows_the_seed_and_shares_its_input():
+    """Mask seeds come from the global generator (torch.manual_seed repeats a run); q, k and v keep one x between
+    them for the backward, not three dropped-out copies."""
+    model = _tiny_lora(bf16=True).train()
+    ids = torch.arange(5, 37).view(1, 32)
+
+    def run():
+        torch.manual_seed(7)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(input_ids=ids).logits
+
+    assert torch.equal(run(), run())
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        run()
+    first = model.base_model.model.model.layers[0].self_attn
+    seen = [t for t in saved if t.shape == (1, 32, first.q_proj.in_features) and t.dtype == torch.float32]
+    assert len(seen) >= 3 and len({t.untyped_storage().data_ptr() for t in seen}) < len(seen)
 
 
 def test_bf16_frozen_weights_give_the_same_autocast_forward():
@@ -129,6 +191,67 @@ def test_completion_loss_is_the_padded_cross_entropy():
     torch.testing.assert_close(total, expect)
     assert correct == ((logits.argmax(-1) == target) & (target != -100)).sum()
     assert scored_positions(labels).tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def _loss_and_grads(model, batch, fused: bool, bf16: bool):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        total, count, correct = completion_loss(model, batch, fused=fused)
+    (total / count).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return total.detach(), count, correct, grads
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_fused_head_loss_is_the_unfused_loss(monkeypatch, bf16):
+    """linear_cross_entropy: the same loss, count and argmax hits, and the same LoRA gradients (up to bf16 rounding
+    under autocast: it scales the gradient after the head's bf16 product, the unfused path before), over several
+    chunks and with unscored positions among the targets."""
+    import mathtune.train.loss as loss_module
+
+    monkeypatch.setattr(loss_module, "FUSED_CHUNK", 3)
+    model = _tiny_lora(bf16=bf16).eval()  # no dropout: both passes see the same network
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [20, 21, 22, 23, 24, 25, 0, 0]])
+    labels = torch.tensor([[-100, -100, -100, 8, 9, 10, 11, 12], [-100, -100, 22, 23, 24, 25, -100, -100]])
+    batch = {"input_ids": ids, "attention_mask": torch.tensor([[1] * 8, [1] * 6 + [0, 0]]), "labels": labels}
+    assert loss_module.fusable_head(model) is model.get_output_embeddings()
+    fused, unfused = (_loss_and_grads(model, batch, f, bf16) for f in (True, False))
+    tol = dict(rtol=2e-2, atol=1e-3) if bf16 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused[0], unfused[0], rtol=1e-5, atol=1e-5)  # float32 sums, other chunking
+    assert fused[1] == unfused[1] == 9 and fused[2] == unfused[2]
+    assert fused[3].keys() == unfused[3].keys() and len(fused[3]) > 0
+    for name in fused[3]:
+        torch.testing.assert_close(fused[3][name], unfused[3][name], **tol, msg=name)
+    assert "forward" not in vars(model.get_output_embeddings())  # the head's own forward is back
+
+
+def test_fused_head_loss_keeps_no_vocabulary_sized_tensor_for_the_backward():
+    model = _tiny_lora(bf16=True).train()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    ids = torch.arange(5, 37).view(1, 32)
+    batch = {"input_ids": ids, "labels": torch.cat([torch.full((1, 8), -100), ids[:, 8:]], dim=1)}
+    for fused in (True, False):
+        shapes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, seen=shapes: seen.append(t.shape) or t, lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                completion_loss(model, batch, fused=fused)
+        assert any(s and s[-1] == vocab for s in shapes) == (not fused)
+
+
+def test_a_trained_biased_or_capped_head_is_not_fused():
+    from mathtune.train.loss import fusable_head
+
+    model = _tiny_lora(bf16=False)
+    head = model.get_output_embeddings()
+    head.weight.requires_grad_(True)
+    assert fusable_head(model) is None
+    head.weight.requires_grad_(False)
+    head.bias = nn.Parameter(torch.zeros(head.out_features), requires_grad=False)
+    assert fusable_head(model) is None
+    capped = _tiny_lora(bf16=False)
+    assert fusable_head(capped) is not None
+    capped.config.final_logit_softcapping = 30.0  # Gemma 2's: logits change after the head
+    assert fusable_head(capped) is None
 
 
 @pytest.mark.parametrize("layout,rows,accum", [("packed", 8, 1), ("packed", 2, 4), ("per_sequence", 1, 8)])

@@ -1,4 +1,5 @@
-"""The LoRA model mathtune trains: PEFT's, plus two changes that keep its maths and drop work the CPU did for nothing.
+"""The LoRA model mathtune trains: PEFT's, plus three changes that keep its maths and drop work or memory the CPU
+spent for nothing.
 
 Found with torch.profiler on SmolLM2 (bench/results/train_throughput_cpu.json):
   - LoRA dropout drew its mask with `bernoulli_`, a quarter of a step's time on 2 cores. FastDropout draws 64 random
@@ -7,6 +8,10 @@ Found with torch.profiler on SmolLM2 (bench/results/train_throughput_cpu.json):
     autocast it works in the autocast dtype, which LoRA's A product would cast to anyway.
   - Under bf16 autocast, every frozen float32 Linear weight was cast to bfloat16 again on every forward (autocast
     caches casts only of weights that train). Stored in bfloat16 once, they give bit-identical matrix products.
+  - For its backward, PEFT's `lora_A(dropout(x))` kept each adapter's dropped-out input (bf16) and its mask (a byte
+    per element): a quarter of a step's saved tensors (bench/results/train_saved_tensors_cpu.json), though q, k and
+    v (and gate and up) read the same x. DroppedLinear does the dropout and the A product in one autograd step that
+    keeps x itself, shared by the sibling adapters, and the seed of its mask, which it draws again in the backward.
 """
 
 from __future__ import annotations
@@ -18,13 +23,20 @@ BITS = 15  # random bits per element: an int64 draw split into four int16s, the 
 MASK = 0x7FFF_7FFF_7FFF_7FFF
 
 
+def keep_mask(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bernoulli(1 - p) booleans of x's shape, from 15 random bits per element (module docstring)."""
+    n = x.numel()
+    draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(generator=generator)
+    draws &= MASK  # each int16 share to its low 15 bits, on a quarter of the elements
+    return draws.view(torch.int16)[:n].view(x.shape) >= round(p * 2**BITS)
+
+
 class FastDropout(nn.Module):
     """nn.Dropout(p) with a cheaper random mask (see the module docstring)."""
 
     def __init__(self, p: float):
         super().__init__()
         self.p = p
-        self.threshold = round(p * 2**BITS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
@@ -33,11 +45,72 @@ class FastDropout(nn.Module):
             # The LoRA A product casts its input to this dtype anyway: cast first, and the mask and the output
             # saved for backward take half the memory.
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        n = x.numel()
-        draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
-        draws &= MASK  # each int16 share to its low 15 bits, on a quarter of the elements
-        keep = draws.view(torch.int16)[:n].view(x.shape) >= self.threshold
-        return torch.where(keep, x, 0) * (1 / (1 - self.p))  # where: backward keeps the boolean mask only
+        return torch.where(keep_mask(x, self.p), x, 0) * (1 / (1 - self.p))  # where: backward keeps the mask only
+
+
+def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype LoRA's A product runs in: autocast's, else the adapter weight's (PEFT casts the input to it)."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+
+
+class DropoutLinear(torch.autograd.Function):
+    """linear(dropout(x), weight) with the mask drawn from `seed`; saves x and the seed, not the dropped-out input and
+    the mask. The same operations as FastDropout then nn.Linear under autocast, so the same values for the same mask."""
+
+    @staticmethod
+    def forward(ctx, x, weight, p: float, seed: int):
+        dtype = compute_dtype(x, weight)
+        xc = x.to(dtype)
+        dropped = torch.where(keep_mask(xc, p, torch.Generator(x.device).manual_seed(seed)), xc, 0) * (1 / (1 - p))
+        ctx.save_for_backward(x, weight)
+        ctx.p, ctx.seed, ctx.dtype = p, seed, dtype
+        return torch.nn.functional.linear(dropped, weight.to(dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        p, dtype = ctx.p, ctx.dtype
+        keep = keep_mask(x, p, torch.Generator(x.device).manual_seed(ctx.seed))
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[1]:
+            dropped = torch.where(keep, x.to(dtype), 0) * (1 / (1 - p))
+            grad_w = (grad.reshape(-1, grad.shape[-1]).T @ dropped.reshape(-1, x.shape[-1])).to(weight.dtype)
+        if ctx.needs_input_grad[0]:
+            grad_x = (torch.where(keep, grad.to(dtype) @ weight.to(dtype), 0) * (1 / (1 - p))).to(x.dtype)
+        return grad_x, grad_w, None, None
+
+
+class DroppedLinear(nn.Linear):
+    """LoRA's A: nn.Linear whose input is dropped out with probability `p` in training, through DropoutLinear. The
+    same parameter under the same name as PEFT's lora_A, so adapters save and load unchanged."""
+
+    p: float = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return super().forward(x)
+        seed = int(torch.randint(2**62, (), device="cpu"))  # from the global generator: torch.manual_seed holds
+        return DropoutLinear.apply(x, self.weight, self.p, seed)
+
+
+def drop_inside_lora_a(model) -> int:
+    """Move each LoRA dropout into its A product (DroppedLinear), the dropout left as nn.Identity, and stop PEFT
+    casting a layer's input to the adapter's float32 (DroppedLinear casts to the product's dtype itself, and keeps
+    the input it is given: shared by the layers that read it). Returns how many were moved."""
+    n = 0
+    for module in model.modules():
+        drops, a_layers = getattr(module, "lora_dropout", None), getattr(module, "lora_A", None)
+        if not isinstance(drops, nn.ModuleDict) or not isinstance(a_layers, nn.ModuleDict):
+            continue
+        for name, drop in list(drops.items()):
+            a = a_layers[name]
+            if isinstance(drop, (nn.Dropout, FastDropout)) and type(a) is nn.Linear and a.bias is None:
+                a.__class__, a.p = DroppedLinear, drop.p
+                drops[name] = nn.Identity()
+                module.cast_input_dtype_enabled = False
+                n += 1
+    return n
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -88,7 +161,8 @@ def lora_model(model, lora, bf16_autocast: bool):
     from peft import get_peft_model
 
     peft_model = get_peft_model(model, lora_config(lora))
-    fast_dropout(peft_model)
+    drop_inside_lora_a(peft_model)
+    fast_dropout(peft_model)  # any dropout left (none on PEFT's Linear layers)
     if bf16_autocast:
         frozen_linear_to_bf16(peft_model)
     return peft_model

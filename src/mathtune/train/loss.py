@@ -6,6 +6,13 @@ is asked for logits at the scored positions alone (`logits_to_keep` with their i
 over those in float32, in chunks, so that no (tokens x vocabulary) float32 tensor outlives its chunk. Token accuracy
 (whether the label is the argmax) comes from the same logits; the entropy, a metric mathtune does not log, is not
 computed.
+
+With a frozen head (LoRA leaves it alone), the projection and the cross-entropy are one autograd step,
+linear_cross_entropy, as Liger's fused linear cross-entropy does them on a GPU: each chunk's logits are made, scored
+and differentiated in the forward, and only the gradient with respect to the hidden states (a hidden-size row per
+token) waits for the backward. Unfused, autograd keeps every chunk's float32 log-probabilities until the backward,
+which then makes two more such tensors: 196 kB per answer token on SmolLM2 (49,152 words), the largest single item
+of a training step's peak memory (bench/results/train_saved_tensors_cpu.json).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import torch.nn.functional as F
 from trl import SFTTrainer
 
 CHUNK = 1024  # scored tokens per cross-entropy chunk: a 1024 x 49152 float32 block is 200 MB
+FUSED_CHUNK = 256  # the same in linear_cross_entropy, which has three such blocks of a chunk alive at once
 
 
 def scored_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -22,14 +30,88 @@ def scored_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)
 
 
-def completion_loss(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(summed cross-entropy over the answer tokens, their count, how many of them are the argmax)."""
+class LinearCrossEntropy(torch.autograd.Function):
+    """(summed cross-entropy of `hidden @ weight.T` against `targets`, how many targets are the argmax), chunk by
+    chunk, the gradient with respect to `hidden` made in the forward; `weight` (the head) gets none. The logits are
+    those of the unfused path: bf16 products under autocast, cross-entropy in float32. The gradient is the
+    cross-entropy's for a unit upstream gradient, scaled by the real one in the backward (the Trainer's division by
+    the step's token count comes after): the unfused path scales first, so the two differ by bf16 rounding only."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets):
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        w = weight.to(dtype)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        for start in range(0, len(targets), FUSED_CHUNK):
+            h, target = hidden[start : start + FUSED_CHUNK], targets[start : start + FUSED_CHUNK]
+            logits = F.linear(h.to(dtype), w).float()
+            correct += ((logits.argmax(-1) == target) & (target != -100)).sum()
+            logp = torch.log_softmax(logits, -1)
+            del logits
+            total += F.nll_loss(logp, target, ignore_index=-100, reduction="sum")
+            if grad is not None:
+                g = logp.exp_()  # softmax - one-hot: the gradient of each token's cross-entropy by its logits
+                scored = target != -100
+                g[scored, target[scored]] -= 1
+                g[~scored] = 0
+                grad[start : start + FUSED_CHUNK] = (g.to(dtype) @ w).to(hidden.dtype)
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(correct)
+        return total, correct
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_correct):
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_total.to(grad.dtype) if grad is not None else None), None, None
+
+
+# Config fields by which a model changes its logits after the head (Gemma 2's soft-capping, Cohere's and Granite's
+# scaling): linear_cross_entropy would leave that out, so such a model keeps the unfused path.
+AFTER_HEAD = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def fusable_head(model):
+    """The model's output projection if linear_cross_entropy can stand in for it (a plain frozen Linear without
+    bias, logits used as it makes them), else None. `model` may be wrapped by DDP (`.module`) or PEFT."""
+    model = getattr(model, "module", model)
+    head = model.get_output_embeddings()
+    plain = type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad
+    untouched = all(getattr(model.config, k, None) in (None, 1, 1.0) for k in AFTER_HEAD)
+    return head if plain and untouched else None
+
+
+def head_outputs_hidden(head):
+    """Context: `head` returns its input unchanged, so that the model's `logits` are the final hidden states at the
+    positions asked for (the model's own forward and hooks still run: DDP, PEFT)."""
+
+    class Swap:
+        def __enter__(self):
+            head.forward = lambda x: x
+
+        def __exit__(self, *exc):
+            del head.forward
+
+    return Swap()
+
+
+def completion_loss(model, inputs: dict, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy over the answer tokens, their count, how many of them are the argmax). `fused`: through
+    linear_cross_entropy where the head allows it (fusable_head)."""
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     inputs.pop("completion_mask", None)
     keep = scored_positions(labels)
-    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (batch, len(keep), vocab)
     targets = labels[:, keep + 1].reshape(-1)
+    head = fusable_head(model) if fused else None
+    if head is not None:
+        with head_outputs_hidden(head):
+            hidden = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (batch, len(keep), hidden)
+        total, correct = LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets)
+        return total, (targets != -100).sum(), correct
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (batch, len(keep), vocab)
     logits = logits.reshape(-1, logits.shape[-1])
     total = logits.new_zeros((), dtype=torch.float32)
     correct = torch.zeros((), dtype=torch.long, device=labels.device)
@@ -66,7 +148,8 @@ class CompletionLossTrainer(TokensInState, SFTTrainer):
         mode = "train" if model.training else "eval"
         inputs = dict(inputs)
         pad_tokens = inputs.pop("pad_tokens", 0)  # train.pad_to_multiple_of's padding row (packing.pad_packed)
-        total, count, correct = completion_loss(model, inputs)
+        # torch.compile traces the head's own forward: the unfused path there
+        total, count, correct = completion_loss(model, inputs, fused=not self.args.torch_compile)
         loss = total / (num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1))
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the token count is global
