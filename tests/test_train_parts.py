@@ -38,6 +38,7 @@ def test_fast_dropout_is_dropout():
     assert (drop(x) != 0).ne(kept).float().mean() > 0.15
     assert (kept.float().mean(0).std() < 0.02) and (kept.float().mean(1).std() < 0.02)
     assert torch.equal(drop.eval()(x), x) and torch.equal(FastDropout(0.0).train()(x), x)
+    assert repr(drop) == "FastDropout(p=0.1)"
 
 
 def test_fast_dropout_follows_the_seed_and_autocast():

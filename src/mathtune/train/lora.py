@@ -47,6 +47,14 @@ class FastDropout(nn.Module):
             x = x.to(torch.get_autocast_dtype(x.device.type))
         return torch.where(keep_mask(x, self.p), x, 0) * (1 / (1 - self.p))  # where: backward keeps the mask only
 
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def seeded_keep_mask(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """keep_mask from a generator of its own seeded with `seed`: the same mask whenever it is drawn."""
+    return keep_mask(x, p, torch.Generator(x.device).manual_seed(seed))
+
 
 def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     """The dtype LoRA's A product runs in: autocast's, else the adapter weight's (PEFT casts the input to it)."""
@@ -62,7 +70,7 @@ class DropoutLinear(torch.autograd.Function):
     def forward(ctx, x, weight, p: float, seed: int):
         dtype = compute_dtype(x, weight)
         xc = x.to(dtype)
-        dropped = torch.where(keep_mask(xc, p, torch.Generator(x.device).manual_seed(seed)), xc, 0) * (1 / (1 - p))
+        dropped = torch.where(seeded_keep_mask(x, p, seed), xc, 0) * (1 / (1 - p))
         ctx.save_for_backward(x, weight)
         ctx.p, ctx.seed, ctx.dtype = p, seed, dtype
         return torch.nn.functional.linear(dropped, weight.to(dtype))
@@ -71,7 +79,7 @@ class DropoutLinear(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         p, dtype = ctx.p, ctx.dtype
-        keep = keep_mask(x, p, torch.Generator(x.device).manual_seed(ctx.seed))
+        keep = seeded_keep_mask(x, p, ctx.seed)  # the forward's mask, drawn again
         grad_x = grad_w = None
         if ctx.needs_input_grad[1]:
             dropped = torch.where(keep, x.to(dtype), 0) * (1 / (1 - p))
@@ -111,9 +119,6 @@ def drop_inside_lora_a(model) -> int:
                 module.cast_input_dtype_enabled = False
                 n += 1
     return n
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 def lora_config(lora):

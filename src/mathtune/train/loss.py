@@ -17,9 +17,13 @@ of a training step's peak memory (bench/results/train_saved_tensors_cpu.json).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from trl import SFTTrainer
+
+from mathtune.train.lora import compute_dtype
 
 CHUNK = 1024  # scored tokens per cross-entropy chunk: a 1024 x 49152 float32 block is 200 MB
 FUSED_CHUNK = 256  # the same in linear_cross_entropy, which has three such blocks of a chunk alive at once
@@ -39,8 +43,7 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets):
-        device = hidden.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        dtype = compute_dtype(hidden, weight)
         w = weight.to(dtype)
         total = hidden.new_zeros((), dtype=torch.float32)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
@@ -83,18 +86,15 @@ def fusable_head(model):
     return head if plain and untouched else None
 
 
+@contextmanager
 def head_outputs_hidden(head):
     """Context: `head` returns its input unchanged, so that the model's `logits` are the final hidden states at the
     positions asked for (the model's own forward and hooks still run: DDP, PEFT)."""
-
-    class Swap:
-        def __enter__(self):
-            head.forward = lambda x: x
-
-        def __exit__(self, *exc):
-            del head.forward
-
-    return Swap()
+    head.forward = lambda x: x
+    try:
+        yield
+    finally:
+        del head.forward
 
 
 def completion_loss(model, inputs: dict, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
