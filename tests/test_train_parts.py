@@ -52,6 +52,36 @@ def test_fast_dropout_follows_the_seed_and_autocast():
         assert drop(x).dtype == torch.bfloat16  # the dtype LoRA's A product casts to anyway
 
 
+@pytest.mark.parametrize("p", [0.1, 0.25, 1 / 3, 0.5, 0.9])
+def test_keep_factor_is_the_keep_mask_in_each_dtype(p):
+    """The integer-made ones and zeros are keep_mask's booleans, in bf16 and fp16 (bit patterns) and float32; the
+    mask keeps 1 - p of the elements, and a seed gives one mask."""
+    from mathtune.train.lora import keep_factor, keep_mask
+
+    x = torch.empty(300, 301)  # not a multiple of 4: the last 64-bit draw is cut
+    keep = keep_mask(x, p, 5)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        factor = keep_factor(x, p, 5, dtype)
+        assert factor.dtype == dtype and torch.equal(factor, keep.to(dtype)), dtype
+    assert abs(keep.float().mean().item() - (1 - p)) < 0.005  # 90,300 draws: sd <= 0.0017
+    assert torch.equal(keep, keep_mask(x, p, 5)) and not torch.equal(keep, keep_mask(x, p, 6))
+
+
+def test_argmax_hits_is_argmax_with_its_ties():
+    """Counted as argmax counts, the first of tied maxima winning, -100 never; the logits are left as they were."""
+    from mathtune.train.loss import argmax_hits
+
+    torch.manual_seed(0)
+    for _ in range(50):
+        logits = torch.randint(-3, 3, (17, 40)).float()  # small integers: many tied maxima
+        targets = torch.randint(0, 40, (17,))
+        targets[::3] = logits[::3].argmax(-1)
+        targets[1] = -100
+        before = logits.clone()
+        expect = ((logits.argmax(-1) == targets) & (targets != -100)).sum()
+        assert argmax_hits(logits, targets) == expect and torch.equal(logits, before)
+
+
 def _tiny_lora(bf16: bool, mathtune_changes: bool = True):
     cfg = load_config(TINY_CFG)
     torch.manual_seed(0)
@@ -90,7 +120,7 @@ def test_dropout_inside_the_a_product_is_fast_dropout_then_a(bf16):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         out = DropoutLinear.apply(x, w, 0.25, 1234)
         dtype = torch.bfloat16 if bf16 else torch.float32
-        keep = keep_mask(x.to(dtype), 0.25, torch.Generator().manual_seed(1234))
+        keep = keep_mask(x, 0.25, 1234)
         x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
         expect = nn.functional.linear(torch.where(keep, x2.to(dtype), 0) * (1 / 0.75), w2)
     assert 0.6 < keep.float().mean() < 0.9 and out.dtype == expect.dtype == dtype

@@ -3,9 +3,12 @@ spent for nothing.
 
 Found with torch.profiler on SmolLM2 (bench/results/train_throughput_cpu.json):
   - LoRA dropout drew its mask with `bernoulli_`, a quarter of a step's time on 2 cores. FastDropout draws 64 random
-    bits per 4 elements (`random_`, about 5x faster here) and keeps an element when its 15-bit share is at least
-    p * 2^15: the same Bernoulli(1 - p) mask up to a 2^-15 rounding of p, the same 1 / (1 - p) scaling. Under
-    autocast it works in the autocast dtype, which LoRA's A product would cast to anyway.
+    bits per 4 elements and keeps an element when its 15-bit share is at least p * 2^15: the same Bernoulli(1 - p)
+    mask up to a 2^-15 rounding of p, the same 1 / (1 - p) scaling. On a CPU the bits come from numpy's SFC64
+    (about 2x torch's mt19937 `random_` here, which was 5x `bernoulli_`), and the mask is a tensor of ones and zeros
+    made from them with integer operations, which a product applies (`torch.where` with a boolean mask, which it
+    replaces, ran 5x slower than the product on bf16). Under autocast it works in the autocast dtype, which LoRA's
+    A product would cast to anyway.
   - Under bf16 autocast, every frozen float32 Linear weight was cast to bfloat16 again on every forward (autocast
     caches casts only of weights that train). Stored in bfloat16 once, they give bit-identical matrix products.
   - For its backward, PEFT's `lora_A(dropout(x))` kept each adapter's dropped-out input (bf16) and its mask (a byte
@@ -16,19 +19,47 @@ Found with torch.profiler on SmolLM2 (bench/results/train_throughput_cpu.json):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 BITS = 15  # random bits per element: an int64 draw split into four int16s, the sign bit masked off
 MASK = 0x7FFF_7FFF_7FFF_7FFF
+ONE_BITS = {torch.bfloat16: 0x3F80, torch.float16: 0x3C00}  # 1.0 as an int16 bit pattern
 
 
-def keep_mask(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Bernoulli(1 - p) booleans of x's shape, from 15 random bits per element (module docstring)."""
-    n = x.numel()
-    draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(generator=generator)
-    draws &= MASK  # each int16 share to its low 15 bits, on a quarter of the elements
-    return draws.view(torch.int16)[:n].view(x.shape) >= round(p * 2**BITS)
+def random_shares(n: int, seed: int, device: torch.device) -> torch.Tensor:
+    """n int16 values, uniform in [0, 2^15), determined by `seed`: four per 64-bit draw, from numpy's SFC64 on a CPU
+    (module docstring), from the device's generator elsewhere."""
+    draws = (n + 3) // 4
+    if device.type == "cpu":
+        raw = torch.from_numpy(np.random.SFC64(seed).random_raw(draws).view(np.int64))
+    else:
+        generator = torch.Generator(device).manual_seed(seed)
+        raw = torch.empty(draws, dtype=torch.int64, device=device).random_(generator=generator)
+    raw &= MASK  # each int16 share to its low 15 bits, on a quarter of the elements
+    return raw.view(torch.int16)[:n]
+
+
+def keep_mask(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """Bernoulli(1 - p) booleans of x's shape, drawn from `seed` (module docstring)."""
+    return random_shares(x.numel(), seed, x.device).view(x.shape) >= round(p * 2**BITS)
+
+
+def keep_factor(x: torch.Tensor, p: float, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    """keep_mask(x, p, seed) as ones and zeros of `dtype`. In bf16 and fp16, made in place on the int16 shares:
+    threshold - 1 - share is negative exactly where the element is kept, so its sign, spread over 16 bits by an
+    arithmetic shift and ANDed with 1.0's bit pattern, is 1.0 there and 0 elsewhere."""
+    shares = random_shares(x.numel(), seed, x.device).view(x.shape)
+    if dtype not in ONE_BITS:
+        return (shares >= round(p * 2**BITS)).to(dtype)
+    shares.neg_().add_(round(p * 2**BITS) - 1)  # in [-2^15, 2^15): no overflow
+    return shares.bitwise_right_shift_(BITS).bitwise_and_(ONE_BITS[dtype]).view(dtype)
+
+
+def dropout_seed() -> int:
+    """A mask's seed, from torch's global generator: torch.manual_seed repeats a run's masks."""
+    return int(torch.randint(2**62, (), device="cpu"))
 
 
 class FastDropout(nn.Module):
@@ -45,15 +76,10 @@ class FastDropout(nn.Module):
             # The LoRA A product casts its input to this dtype anyway: cast first, and the mask and the output
             # saved for backward take half the memory.
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        return torch.where(keep_mask(x, self.p), x, 0) * (1 / (1 - self.p))  # where: backward keeps the mask only
+        return (x * keep_factor(x, self.p, dropout_seed(), x.dtype)).mul_(1 / (1 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
-
-
-def seeded_keep_mask(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    """keep_mask from a generator of its own seeded with `seed`: the same mask whenever it is drawn."""
-    return keep_mask(x, p, torch.Generator(x.device).manual_seed(seed))
 
 
 def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -69,8 +95,7 @@ class DropoutLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, p: float, seed: int):
         dtype = compute_dtype(x, weight)
-        xc = x.to(dtype)
-        dropped = torch.where(seeded_keep_mask(x, p, seed), xc, 0) * (1 / (1 - p))
+        dropped = (x.to(dtype) * keep_factor(x, p, seed, dtype)).mul_(1 / (1 - p))
         ctx.save_for_backward(x, weight)
         ctx.p, ctx.seed, ctx.dtype = p, seed, dtype
         return torch.nn.functional.linear(dropped, weight.to(dtype))
@@ -79,13 +104,13 @@ class DropoutLinear(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         p, dtype = ctx.p, ctx.dtype
-        keep = seeded_keep_mask(x, p, ctx.seed)  # the forward's mask, drawn again
+        keep = keep_factor(x, p, ctx.seed, dtype)  # the forward's mask, drawn again
         grad_x = grad_w = None
         if ctx.needs_input_grad[1]:
-            dropped = torch.where(keep, x.to(dtype), 0) * (1 / (1 - p))
+            dropped = (x.to(dtype) * keep).mul_(1 / (1 - p))
             grad_w = (grad.reshape(-1, grad.shape[-1]).T @ dropped.reshape(-1, x.shape[-1])).to(weight.dtype)
         if ctx.needs_input_grad[0]:
-            grad_x = (torch.where(keep, grad.to(dtype) @ weight.to(dtype), 0) * (1 / (1 - p))).to(x.dtype)
+            grad_x = ((grad.to(dtype) @ weight.to(dtype)) * keep).mul_(1 / (1 - p)).to(x.dtype)
         return grad_x, grad_w, None, None
 
 
@@ -98,8 +123,7 @@ class DroppedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return super().forward(x)
-        seed = int(torch.randint(2**62, (), device="cpu"))  # from the global generator: torch.manual_seed holds
-        return DropoutLinear.apply(x, self.weight, self.p, seed)
+        return DropoutLinear.apply(x, self.weight, self.p, dropout_seed())
 
 
 def drop_inside_lora_a(model) -> int:
