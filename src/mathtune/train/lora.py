@@ -41,11 +41,15 @@ def random_shares(n: int, seed: int, device: torch.device) -> torch.Tensor:
     return raw.view(torch.int16)[:n]
 
 
+# Masks are made as written under torch.compile (`train.compile`): traced, the int16 shares viewed out of int64 draws
+# and the bf16 view of their bits became aliased graph outputs that AOTAutograd failed to rebuild (a storage-size error).
+@torch.compiler.disable
 def keep_mask(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     """Bernoulli(1 - p) booleans of x's shape, drawn from `seed` (module docstring)."""
     return random_shares(x.numel(), seed, x.device).view(x.shape) >= round(p * 2**BITS)
 
 
+@torch.compiler.disable
 def keep_factor(x: torch.Tensor, p: float, seed: int, dtype: torch.dtype) -> torch.Tensor:
     """keep_mask(x, p, seed) as ones and zeros of `dtype`. In bf16 and fp16, made in place on the int16 shares:
     threshold - 1 - share is negative exactly where the element is kept, so its sign, spread over 16 bits by an
