@@ -54,9 +54,9 @@ def keep_factor(x: torch.Tensor, p: float, seed: int, dtype: torch.dtype) -> tor
     """keep_mask(x, p, seed) as ones and zeros of `dtype`. In bf16 and fp16, made in place on the int16 shares:
     threshold - 1 - share is negative exactly where the element is kept, so its sign, spread over 16 bits by an
     arithmetic shift and ANDed with 1.0's bit pattern, is 1.0 there and 0 elsewhere."""
-    shares = random_shares(x.numel(), seed, x.device).view(x.shape)
     if dtype not in ONE_BITS:
-        return (shares >= round(p * 2**BITS)).to(dtype)
+        return keep_mask(x, p, seed).to(dtype)
+    shares = random_shares(x.numel(), seed, x.device).view(x.shape)
     shares.neg_().add_(round(p * 2**BITS) - 1)  # in [-2^15, 2^15): no overflow
     return shares.bitwise_right_shift_(BITS).bitwise_and_(ONE_BITS[dtype]).view(dtype)
 
