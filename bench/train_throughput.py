@@ -24,6 +24,7 @@ Writes bench/results/train_throughput_cpu.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -44,13 +45,16 @@ NOTE = (
     "with one change: per_sequence / rows_per_forward=N (the batch layout), torch_dropout (PEFT's nn.Dropout "
     "and its A product instead of DroppedLinear), fast_dropout_then_a (FastDropout then PEFT's A product, which "
     "keep the dropped-out input and the mask for the backward, instead of DroppedLinear), unfused_head (the answer-"
-    "token loss through the model's head and a chunked cross-entropy instead of linear_cross_entropy), float32_frozen (frozen weights cast by autocast on every forward), trl_loss (TRL's "
+    "token loss through the model's head and a chunked cross-entropy instead of linear_cross_entropy), "
+    "head_outside_autocast (linear_cross_entropy outside the Trainer's autocast, so its head product in float32, as "
+    "before 2026-11-28), unfused_mlp (the MLP's act(gate) * up through autograd, keeping three tensors, instead of "
+    "train/mlp.py's ActTimesUp), float32_frozen (frozen weights cast by autocast on every forward), trl_loss (TRL's "
     "fused LM head over every position instead of the answer-token loss), compile (torch.compile), onednn_cache_64 "
     "(oneDNN's primitive cache capped at 64 kernels, as mathtune caps it for unpadded rows, instead of the 1024 it "
     "trains padded rows at, allocator.training_onednn_cache; plain TRL and the limit run at 1024); "
     "no_padding (train.pad_to_multiple_of taken out: the demo config pads each forward and each row's attention to a "
     "multiple of 64 tokens, so that shapes repeat; unpadded, mathtune caps oneDNN's cache at 64), over all the steps; "
-    "rows_per_forward=2_all_steps (the demo's before) likewise, right after mathtune."
+    "rows_per_forward=4_all_steps (the demo's before) likewise, right after mathtune."
 )
 LIMIT_LENGTHS = (256, 512, 1024)
 
@@ -184,6 +188,14 @@ def run_mathtune(cfg, dataset, tmp: str, steps: int, change: str = "") -> dict:
         lora.drop_inside_lora_a = lambda model: 0
     if change == "unfused_head":
         loss_module.fusable_head = lambda model: None
+    if change == "head_outside_autocast":
+        import accelerate
+
+        accelerate.Accelerator.autocast = lambda self, *a, **k: contextlib.nullcontext()
+    if change == "unfused_mlp":
+        import mathtune.train.mlp as mlp
+
+        mlp.fuse_gated_mlps = lambda model: 0
     if change == "float32_frozen":
         lora.frozen_linear_to_bf16 = lambda model: 0
     if change == "trl_loss":
@@ -287,8 +299,8 @@ def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
         ("mathtune", {"kind": "mathtune", "steps": steps}),
         # right after mathtune, as near a pair as a sequence of settings gets: the demo's rows per forward before
         (
-            "mathtune_rows_per_forward=2_all_steps",
-            {"kind": "mathtune", "steps": steps, "overrides": ["train.rows_per_forward=2"]},
+            "mathtune_rows_per_forward=4_all_steps",
+            {"kind": "mathtune", "steps": steps, "overrides": ["train.rows_per_forward=4"]},
         ),
     ]
     out += [(f"limit_{n}", {"kind": "limit", "length": n}) for n in LIMIT_LENGTHS]
@@ -338,7 +350,16 @@ def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
     out += [("mathtune_onednn_cache_64", {"kind": "mathtune", "steps": steps, "onednn_cache": 64})]
     out += [
         (f"mathtune_{c}", {"kind": "mathtune", "steps": lever_steps, "change": c})
-        for c in ("torch_dropout", "fast_dropout_then_a", "unfused_head", "float32_frozen", "trl_loss", "compile")
+        for c in (
+            "torch_dropout",
+            "fast_dropout_then_a",
+            "unfused_head",
+            "head_outside_autocast",
+            "unfused_mlp",
+            "float32_frozen",
+            "trl_loss",
+            "compile",
+        )
     ]
     out += [
         (
@@ -356,7 +377,7 @@ def settings(steps: int, lever_steps: int) -> list[tuple[str, dict]]:
             f"mathtune_rows_per_forward={n}",
             {"kind": "mathtune", "steps": lever_steps, "overrides": [f"train.rows_per_forward={n}"]},
         )
-        for n in (1, 2, 8)
+        for n in (1, 2, 4)
     ]
     # train.pad_to_multiple_of (packing.py; the demo config pads to 64) taken out, over as many steps as mathtune's
     # run, as memory grows with the steps.

@@ -135,7 +135,7 @@ def test_dropout_inside_the_a_product_is_fast_dropout_then_a(bf16):
 
 def test_dropped_linear_follows_the_seed_and_shares_its_input():
     """Mask seeds come from the global generator (torch.manual_seed repeats a run); q, k and v keep one x between
-    them for the backward, not three dropped-out copies."""
+    them for the backward, in bf16 under autocast, not three dropped-out copies."""
     model = _tiny_lora(bf16=True).train()
     ids = torch.arange(5, 37).view(1, 32)
 
@@ -149,8 +149,9 @@ def test_dropped_linear_follows_the_seed_and_shares_its_input():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         run()
     first = model.base_model.model.model.layers[0].self_attn
-    seen = [t for t in saved if t.shape == (1, 32, first.q_proj.in_features) and t.dtype == torch.float32]
-    assert len(seen) >= 3 and len({t.untyped_storage().data_ptr() for t in seen}) < len(seen)
+    shape = (1, 32, first.q_proj.in_features)
+    bf16 = [t.untyped_storage().data_ptr() for t in saved if t.shape == shape and t.dtype == torch.bfloat16]
+    assert max(map(bf16.count, bf16)) >= 3  # one cast of x, kept by q, k and v's adapters
 
 
 def test_bf16_frozen_weights_give_the_same_autocast_forward():
@@ -324,3 +325,61 @@ def test_liger_kernel_is_applied_on_a_gpu_or_refused(tmp_path):
     with pytest.raises(MathtuneError, match=r"^train.liger_kernel: needs a CUDA GPU"):
         check_liger(cfg, "cpu")
     check_liger(load_config(TINY_CFG), "cpu")  # off: nothing to check
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_gated_mlp_keeps_two_tensors_and_gives_the_same_numbers(family):
+    """ActTimesUp (train/mlp.py) in SmolLM2's (SiLU) and Gemma 3's (GELU) MLPs: the same loss and gradients, bit for
+    bit, under bf16 autocast, and two (batch, tokens, intermediate) tensors kept per layer for the backward, not three."""
+    import copy
+
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    from mathtune.train.mlp import fuse_gated_mlps
+
+    model_cls, config_cls = {"llama": (LlamaForCausalLM, LlamaConfig), "gemma3": (Gemma3ForCausalLM, Gemma3TextConfig)}[
+        family
+    ]
+    torch.manual_seed(0)
+    kw = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    plain = model_cls(config_cls(vocab_size=96, hidden_size=32, intermediate_size=72, num_hidden_layers=2, **kw))
+    fused = copy.deepcopy(plain)
+    assert fuse_gated_mlps(fused) == 2 and fuse_gated_mlps(plain.model.embed_tokens) == 0
+    ids = torch.randint(0, 96, (2, 11))
+    results = []
+    for model in (plain, fused):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t) or t, lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        wide = {t.untyped_storage().data_ptr() for t in saved if t.shape == (2, 11, 72)}
+        results.append((loss.item(), [p.grad for p in model.parameters()], len(wide)))
+    (loss_a, grads_a, wide_a), (loss_b, grads_b, wide_b) = results
+    assert loss_a == loss_b and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    assert (wide_a, wide_b) == (2 * 3, 2 * 2)  # gate, act(gate) and up -> gate and up (the product: down's)
+
+
+def test_the_fused_head_runs_under_the_trainers_autocast(tmp_path, monkeypatch):
+    """compute_loss runs linear_cross_entropy under the Trainer's bf16 autocast (accelerate casts only inside the
+    model's forward): its head product in bf16, not float32."""
+    from mathtune.models import load_tokenizer
+    from mathtune.train import loss as loss_module
+    from mathtune.train.stage import make_trainer, sft_args, sft_dataset
+
+    cfg = load_config(TINY_CFG, ["train.bf16=true", "train.max_steps=1"])
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"} for i in range(8)]
+    dataset = sft_dataset(rows, "plain", cfg.model)
+    args = sft_args(cfg, tmp_path, "cpu")
+    trainer = make_trainer(cfg, "cpu", load_tokenizer(cfg.model), args, dataset, eval_dataset=dataset)
+    dtypes = []
+    forward = loss_module.LinearCrossEntropy.forward
+
+    def spy(ctx, hidden, weight, targets):
+        dtypes.append(loss_module.compute_dtype(hidden, weight))
+        return forward(ctx, hidden, weight, targets)
+
+    monkeypatch.setattr(loss_module.LinearCrossEntropy, "forward", staticmethod(spy))
+    model = trainer.accelerator.prepare_model(trainer.model)  # as train() does: its forward under autocast
+    trainer.compute_loss(model, next(iter(trainer.get_train_dataloader())))
+    assert dtypes == [torch.bfloat16]

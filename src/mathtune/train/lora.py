@@ -93,29 +93,44 @@ def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 
 class DropoutLinear(torch.autograd.Function):
-    """linear(dropout(x), weight) with the mask drawn from `seed`; saves x and the seed, not the dropped-out input and
-    the mask. The same operations as FastDropout then nn.Linear under autocast, so the same values for the same mask."""
+    """linear(dropout(x), weight) with the mask drawn from `seed`; saves x in the product's dtype (`cast`, which
+    sibling adapters share: input_cast) and the seed, not the dropped-out input and the mask. The same operations as
+    FastDropout then nn.Linear under autocast, so the same values for the same mask."""
 
     @staticmethod
-    def forward(ctx, x, weight, p: float, seed: int):
+    def forward(ctx, x, weight, p: float, seed: int, cast=None):
         dtype = compute_dtype(x, weight)
-        dropped = (x.to(dtype) * keep_factor(x, p, seed, dtype)).mul_(1 / (1 - p))
-        ctx.save_for_backward(x, weight)
-        ctx.p, ctx.seed, ctx.dtype = p, seed, dtype
+        cast = x.detach().to(dtype) if cast is None else cast
+        dropped = (cast * keep_factor(cast, p, seed, dtype)).mul_(1 / (1 - p))
+        ctx.save_for_backward(cast, weight)
+        ctx.p, ctx.seed, ctx.x_dtype = p, seed, x.dtype
         return torch.nn.functional.linear(dropped, weight.to(dtype))
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        p, dtype = ctx.p, ctx.dtype
-        keep = keep_factor(x, p, ctx.seed, dtype)  # the forward's mask, drawn again
+        cast, weight = ctx.saved_tensors
+        p, dtype = ctx.p, cast.dtype
+        keep = keep_factor(cast, p, ctx.seed, dtype)  # the forward's mask, drawn again
         grad_x = grad_w = None
         if ctx.needs_input_grad[1]:
-            dropped = (x.to(dtype) * keep).mul_(1 / (1 - p))
-            grad_w = (grad.reshape(-1, grad.shape[-1]).T @ dropped.reshape(-1, x.shape[-1])).to(weight.dtype)
+            dropped = (cast * keep).mul_(1 / (1 - p))
+            grad_w = (grad.reshape(-1, grad.shape[-1]).T @ dropped.reshape(-1, cast.shape[-1])).to(weight.dtype)
         if ctx.needs_input_grad[0]:
-            grad_x = ((grad.to(dtype) @ weight.to(dtype)) * keep).mul_(1 / (1 - p)).to(x.dtype)
-        return grad_x, grad_w, None, None
+            grad_x = ((grad.to(dtype) @ weight.to(dtype)) * keep).mul_(1 / (1 - p)).to(ctx.x_dtype)
+        return grad_x, grad_w, None, None, None
+
+
+def input_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x in `dtype`, detached, made once per tensor: q, k and v (gate and up) read the same x, and each adapter
+    would keep its own copy for the backward. Kept on x itself, so it goes when x does. The gradient with respect to
+    x stays each adapter's own, in x's dtype (DropoutLinear), summed as before."""
+    if x.dtype == dtype:
+        return x.detach()
+    version, cast = getattr(x, "_lora_input_cast", (None, None))
+    if cast is None or cast.dtype != dtype or version != x._version:  # made before x changed in place: again
+        cast = x.detach().to(dtype)
+        x._lora_input_cast = (x._version, cast)
+    return cast
 
 
 class DroppedLinear(nn.Linear):
@@ -127,7 +142,8 @@ class DroppedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return super().forward(x)
-        return DropoutLinear.apply(x, self.weight, self.p, dropout_seed())
+        cast = input_cast(x, compute_dtype(x, self.weight))
+        return DropoutLinear.apply(x, self.weight, self.p, dropout_seed(), cast)
 
 
 def drop_inside_lora_a(model) -> int:
@@ -190,12 +206,15 @@ def frozen_linear_to_bf16(model) -> int:
 
 
 def lora_model(model, lora, bf16_autocast: bool):
-    """PEFT's LoRA model over `model`, with the changes above (both exact, so always on)."""
+    """PEFT's LoRA model over `model`, with the changes above and train/mlp.py's (all exact, so always on)."""
     from peft import get_peft_model
+
+    from mathtune.train.mlp import fuse_gated_mlps
 
     peft_model = get_peft_model(model, lora_config(lora))
     drop_inside_lora_a(peft_model)
     fast_dropout(peft_model)  # any dropout left (none on PEFT's Linear layers)
+    fuse_gated_mlps(peft_model)
     if bf16_autocast:
         frozen_linear_to_bf16(peft_model)
     return peft_model
