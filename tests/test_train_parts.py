@@ -383,3 +383,29 @@ def test_the_fused_head_runs_under_the_trainers_autocast(tmp_path, monkeypatch):
     model = trainer.accelerator.prepare_model(trainer.model)  # as train() does: its forward under autocast
     trainer.compute_loss(model, next(iter(trainer.get_train_dataloader())))
     assert dtypes == [torch.bfloat16]
+
+
+def test_the_fused_heads_products_have_repeating_shapes(monkeypatch):
+    """linear_cross_entropy's chunks are 256 rows, its last padded to a multiple of 64 with unlabelled rows: the
+    same loss, hits and gradient as without padding (one chunk of all 300 rows)."""
+    import mathtune.train.loss as loss_module
+
+    torch.manual_seed(0)
+    hidden = torch.randn(300, 16, requires_grad=True)
+    weight = torch.randn(50, 16)
+    targets = torch.randint(0, 50, (300,))
+    targets[::7] = -100
+    rows = []
+    linear = loss_module.F.linear
+    monkeypatch.setattr(loss_module.F, "linear", lambda x, w, *a: rows.append(len(x)) or linear(x, w, *a))
+    total, hits = loss_module.LinearCrossEntropy.apply(hidden, weight, targets)
+    total.backward()
+    assert rows == [256, 64]
+    monkeypatch.setattr(loss_module, "FUSED_CHUNK", 300)
+    monkeypatch.setattr(loss_module, "CHUNK_ROWS_MULTIPLE", 1)
+    plain = hidden.detach().clone().requires_grad_()
+    total2, hits2 = loss_module.LinearCrossEntropy.apply(plain, weight, targets)
+    total2.backward()
+    torch.testing.assert_close(total, total2)
+    assert hits == hits2 and rows[-1] == 300
+    torch.testing.assert_close(hidden.grad, plain.grad)
