@@ -411,7 +411,7 @@ def child(spec: dict, gsm8k: str, config: str, n_rows: int) -> dict:
         from mathtune.train.stage import batching
 
         result["batching"] = batching(cfg, "cpu")
-        result["rows_per_forward"] = cfg.train.rows_per_forward
+        result["rows_per_forward"] = cfg.train.rows_per_forward or cfg.train.batch_size  # None: the whole batch
     else:
         result = run_limit(cfg, dataset, spec["length"], per_forward=spec.get("per_forward"))
     result["threads"] = torch.get_num_threads()

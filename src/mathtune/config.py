@@ -105,8 +105,9 @@ class TrainConfig(_Strict):
     #   auto: packed on a CPU with SDPA attention, per_sequence with eager attention (Gemma-2's soft-capping);
     #     padding_free with flash_attention_2, else padded.
     batching: Literal["auto", "padded", "per_sequence", "packed", "padding_free"] = "auto"
-    # packed: rows per forward pass (divides batch_size). 2 rows of GSM8K are ~500 tokens: measured fastest on
-    # 2 CPU cores, and memory grows with it. None = the whole batch.
+    # packed: rows per forward pass (divides batch_size). None = the whole batch: 8 GSM8K rows, ~2,000 tokens, ran
+    # fastest on 2 CPU cores once less was kept for the backward (bench/results/train_throughput_cpu.json); memory
+    # grows with it.
     rows_per_forward: Optional[int] = Field(None, gt=0)
     # packed on a CPU: each forward's tokens, and each row's attention, padded to a multiple of this many tokens
     # (train/packing.py). Real tokens never attend to the padding, which carries no loss and is not counted, so the
