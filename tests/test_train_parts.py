@@ -386,7 +386,7 @@ def test_the_fused_head_runs_under_the_trainers_autocast(tmp_path, monkeypatch):
 
 
 def test_the_fused_heads_products_have_repeating_shapes(monkeypatch):
-    """linear_cross_entropy's chunks are 256 rows, its last padded to a multiple of 64 with unlabelled rows: the
+    """linear_cross_entropy's chunks are 128 rows, its last padded to a multiple of 64 with unlabelled rows: the
     same loss, hits and gradient as without padding (one chunk of all 300 rows)."""
     import mathtune.train.loss as loss_module
 
@@ -400,7 +400,7 @@ def test_the_fused_heads_products_have_repeating_shapes(monkeypatch):
     monkeypatch.setattr(loss_module.F, "linear", lambda x, w, *a: rows.append(len(x)) or linear(x, w, *a))
     total, hits = loss_module.LinearCrossEntropy.apply(hidden, weight, targets)
     total.backward()
-    assert rows == [256, 64]
+    assert rows == [128, 128, 64]
     monkeypatch.setattr(loss_module, "FUSED_CHUNK", 300)
     monkeypatch.setattr(loss_module, "CHUNK_ROWS_MULTIPLE", 1)
     plain = hidden.detach().clone().requires_grad_()

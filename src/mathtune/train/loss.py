@@ -26,7 +26,8 @@ from trl import SFTTrainer
 from mathtune.train.lora import compute_dtype
 
 CHUNK = 1024  # scored tokens per cross-entropy chunk: a 1024 x 49152 float32 block is 200 MB
-FUSED_CHUNK = 256  # the same in linear_cross_entropy, which has three such blocks of a chunk alive at once
+FUSED_CHUNK = 128  # the same in linear_cross_entropy, which has three such blocks of a chunk alive at once (256: 3.01
+# GB peak over the training bench's 32 steps, 128: 2.92, bench/results/train_head_chunk_*_cpu.json)
 # linear_cross_entropy's last chunk is padded to a multiple of this many rows (no label, so no loss and no gradient):
 # in bf16 the CPU keeps a compiled kernel per product shape (oneDNN), and a last chunk of every length made new ones
 # on every step (8 rows per forward: 2.77 GB peak over 8 steps, 3.07 over 32).
