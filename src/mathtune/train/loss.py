@@ -26,8 +26,9 @@ from trl import SFTTrainer
 from mathtune.train.lora import compute_dtype
 
 CHUNK = 1024  # scored tokens per cross-entropy chunk: a 1024 x 49152 float32 block is 200 MB
-FUSED_CHUNK = 128  # the same in linear_cross_entropy, which has three such blocks of a chunk alive at once (256: 3.01
-# GB peak over the training bench's 32 steps, 128: 2.92, bench/results/train_head_chunk_*_cpu.json)
+# The same in linear_cross_entropy, which has three such blocks of a chunk alive at once (256: 3.01 GB peak over the
+# training bench's 32 steps, 128: 2.92, bench/results/train_head_chunk_*_cpu.json).
+FUSED_CHUNK = 128
 # linear_cross_entropy's last chunk is padded to a multiple of this many rows (no label, so no loss and no gradient):
 # in bf16 the CPU keeps a compiled kernel per product shape (oneDNN), and a last chunk of every length made new ones
 # on every step (8 rows per forward: 2.77 GB peak over 8 steps, 3.07 over 32).
@@ -87,7 +88,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 unscored = (~scored[:n]).nonzero().squeeze(1)  # none in a packed batch: indexing rows beats a mask
                 if len(unscored):
                     g[unscored] = 0
-                grad[start : start + n] = (g.to(dtype) @ w)[:n].to(hidden.dtype)  # the padding rows' left out
+                grad[start : start + n] = (g.to(dtype) @ w)[:n].to(hidden.dtype)  # padding rows dropped
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(correct)
         return total, correct
