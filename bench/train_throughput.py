@@ -212,6 +212,9 @@ def run_mathtune(cfg, dataset, tmp: str, steps: int, change: str = "") -> dict:
     drops = sum(isinstance(m, nn.Dropout) for m in trainer.model.modules())
     result = timed_train(trainer, losses)
     result["torch_dropout_modules"] = drops
+    # The rows per forward the training stage resolved (train/stage.py::sft_kwargs: per_sequence 1, packed
+    # train.rows_per_forward or the whole batch), read from the Trainer rather than worked out again here.
+    result["rows_per_forward"] = trainer.args.per_device_train_batch_size
     return result
 
 
@@ -411,7 +414,6 @@ def child(spec: dict, gsm8k: str, config: str, n_rows: int) -> dict:
         from mathtune.train.stage import batching
 
         result["batching"] = batching(cfg, "cpu")
-        result["rows_per_forward"] = cfg.train.rows_per_forward or cfg.train.batch_size  # None: the whole batch
     else:
         result = run_limit(cfg, dataset, spec["length"], per_forward=spec.get("per_forward"))
     result["threads"] = torch.get_num_threads()

@@ -114,6 +114,8 @@ def test_cpu_training_benchmark_runs_each_setting_in_its_own_process(tmp_path, g
     assert [s["name"] for s in r["settings"]] == ["baseline", "mathtune", "limit_256"]
     assert r["limit_length"] == 256 and r["ratio"] > 0 and r["limit_ratio"] > 0
     assert r["mathtune_batching"] == "packed"
+    # The rows per forward the Trainer was given: tiny.yaml leaves train.rows_per_forward unset, so the whole batch.
+    assert r["mathtune_rows_per_forward"] == load_config(ROOT / "configs" / "tiny.yaml").train.batch_size == 4
     assert all(s["peak_rss_gb"] > 0 and s["tokens"] > 0 for s in r["settings"])
     # oneDNN's primitive cache: oneDNN's default for plain TRL and the limit (shapes that repeat), for mathtune
     # what its training stage chooses for the config (tiny.yaml's rows are unpadded: the cap).
