@@ -8,8 +8,10 @@ the compact decoder, in --dtype (float32: the full study's; bfloat16: the AMX pa
    the last answer; its peak RSS is the whole run's, training included, so it is not reported);
 3. the static engine (`--decoder static`, model.generate) on the first 64 questions at the same batch size: how many
    of those 64 answers (extracted numbers) and completions are the same as the full run's;
-4. with --reference (the full study's float32 base predictions), how many of the full run's answers are the same.
-Writes bench/results/eval_full_test_split.json.
+4. with --reference (the full study's float32 base predictions), how many of the full run's answers are the same;
+5. in float32, right after the sweep: its questions at the fastest batch size with torch's own linear layers
+   (eval.cpu_linear=aten, MKL) against the sweep's oneDNN ones (evaluate/cpu_linear.py): speed ratio, same answers.
+Writes bench/results/eval_full_test_split.json (float32) or eval_full_test_split_bf16.json.
 
     python bench/eval_full_test_split.py --gsm8k ../shared/data/gsm8k
 """
@@ -119,6 +121,33 @@ def sweep_agreement(work: Path, sizes: list[int]) -> dict:
     }
 
 
+def compare_linear(args, work: Path, onednn: dict, batch_size: int) -> dict:
+    """The sweep's questions at its fastest batch size again, with torch's own float32 linear layers
+    (eval.cpu_linear=aten: MKL) instead of oneDNN's (the sweep's, eval.cpu_linear's default on CPU), right after
+    the sweep: the speed ratio and how many answers and completions are the same."""
+    aten = mathtune_eval(
+        args.gsm8k,
+        args.config,
+        work / "sweep-aten.jsonl",
+        f"eval.max_new_tokens={args.max_new_tokens}",
+        f"eval.dtype={args.dtype}",
+        f"eval.limit={args.sweep}",
+        f"eval.batch_size={batch_size}",
+        "eval.cpu_linear=aten",
+    )
+    a = {r["id"]: r for r in map(json.loads, (work / "sweep-aten.jsonl").open())}
+    o = {r["id"]: r for r in map(json.loads, (work / f"sweep-{batch_size}.jsonl").open())}
+    return {
+        "questions": args.sweep,
+        "batch_size": batch_size,
+        "aten": {k: aten[k] for k in ("tokens_per_s", "seconds", "generated_tokens", "peak_rss_gb")},
+        "onednn": onednn,
+        "ratio": round(aten["seconds"] / onednn["seconds"], 3),
+        "same_answers": sum(a[i]["extracted"] == o[i]["extracted"] for i in a),
+        "same_completions": sum(a[i]["completion"] == o[i]["completion"] for i in a),
+    }
+
+
 def reference(full: dict, path: Path) -> dict | None:
     """The full run's answers against another evaluation's of the same questions (the full study's float32 base
     evaluation by default): accuracy of each, and how many extracted answers are the same."""
@@ -153,7 +182,7 @@ def main() -> None:
         help="predictions of the same model on the same questions to compare answers with (skipped when absent)",
     )
     ap.add_argument("--keep", help="folder for the predictions files (default: a temporary one)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "eval_full_test_split.json"))
+    ap.add_argument("--out", help="default: bench/results/eval_full_test_split.json (float32), _bf16.json")
     args = ap.parse_args()
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mathtune-full-split-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -173,6 +202,7 @@ def main() -> None:
         )
         sweep[bs] = {k: s[k] for k in ("tokens_per_s", "seconds", "generated_tokens", "peak_rss_gb")}
     best = max(sweep, key=lambda b: sweep[b]["tokens_per_s"])
+    linear = compare_linear(args, work, sweep[best], best) if args.dtype == "float32" else None
     overrides = [limit, dtype, f"eval.batch_size={best}", "eval.limit=null"]
     cfg = load_config(args.config, [f"model.name={MODEL}", *overrides])  # what the full run's `mathtune eval` gets
     full = from_run(Path(args.from_run), cfg, work) if args.from_run else None
@@ -215,6 +245,7 @@ def main() -> None:
             "dtype": generation_dtype(cfg),
             "attn_implementation": cfg.model.attn_implementation,
             "decoder": cfg.eval.decoder,
+            "cpu_linear": cfg.eval.cpu_linear,
             "greedy": True,
         },
         "batch_size_sweep": {
@@ -222,6 +253,7 @@ def main() -> None:
             "tokens_per_s": sweep,
             "same_answers": sweep_agreement(work, list(sweep)),
         },
+        "linear_layers": linear,
         "n": full["n"],
         "wall_seconds": full["wall_seconds"],
         "minutes": round(full["wall_seconds"] / 60, 1),
@@ -248,9 +280,13 @@ def main() -> None:
         "files": str(work),
         "machine": {"cores": len(os.sched_getaffinity(0)), "cpu": cpu_model(), "torch": torch.__version__},
         "date": date.today().isoformat(),
+        "command_of_this_benchmark": " ".join(["python", "bench/eval_full_test_split.py", *sys.argv[1:]]),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    out = Path(
+        args.out or ROOT / "bench" / "results" / f"eval_full_test_split{'_bf16' * (args.dtype != 'float32')}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(
         json.dumps(
             {k: result[k] for k in ("minutes", "tokens_per_s", "accuracy")}

@@ -286,6 +286,10 @@ def test_full_split_benchmark_runs_and_takes_a_matching_runs_base_evaluation(tmp
     assert a["n"] == 3 and a["settings"]["dtype"] == "float32" and a["settings"]["batch_size"] in (1, 2)
     assert a["batch_size_sweep"]["same_answers"] == {"1 vs 2": 2}  # float32 answers do not depend on the batch
     assert a["static_check"]["n"] == 2 and a["static_check"]["same_answers"] == 2  # the static engine agrees
+    # torch's own linear layers against oneDNN's, on the sweep's questions: the same float32 answers.
+    linear = a["linear_layers"]
+    assert a["settings"]["cpu_linear"] == "auto" and linear["aten"]["generated_tokens"] > 0 and linear["ratio"] > 0
+    assert linear["same_answers"] == linear["same_completions"] == 2
     assert a["command"].startswith("mathtune eval") and a["peak_rss_gb"] > 0
     # The answers compared with the full study's (its committed float32 base predictions), question by question.
     study = {r["id"]: r for r in map(json.loads, (ROOT / "examples/full-study/predictions/base.jsonl").open())}

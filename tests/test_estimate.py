@@ -26,7 +26,7 @@ from conftest import ROOT, mathtune_cli
 def test_cpu_figures_are_the_committed_benchmarks():
     cpu = THROUGHPUT["cpu"]
     train = json.loads((ROOT / "bench" / "results" / "train_throughput_cpu.json").read_text())
-    full = json.loads((ROOT / "bench" / "results" / "eval_full_test_split.json").read_text())
+    full = json.loads((ROOT / "bench" / "results" / "eval_full_test_split_bf16.json").read_text())
     study = json.loads((ROOT / "examples" / "full-study" / "eval.json").read_text())["base"]
     assert cpu["train_tokens_per_s"] == train["mathtune_tokens_per_s"]
     assert full["settings"]["dtype"] == "bfloat16" and cpu["eval_tokens_per_s"]["bfloat16"] == full["tokens_per_s"]

@@ -141,8 +141,13 @@ class EvalConfig(_Strict):
     base: bool = True  # evaluate the base model too, under the same protocol
     # Weights dtype for generation: "model" keeps model.dtype. On SmolLM2/CPU bfloat16 generated 2x faster
     # than float32 but changed 42 of 64 greedy answers (bench/results/eval_throughput.json), and its answers depend
-    # on the batch they are decoded in (bench/results/eval_full_test_split.json): opt-in only.
+    # on the batch they are decoded in (bench/results/eval_full_test_split_bf16.json): opt-in only.
     dtype: Literal["model", "float32", "bfloat16", "float16"] = "model"
+    # Float32 linear layers on CPU (evaluate/cpu_linear.py): torch sends them to MKL, whose kernels on AMD CPUs ran
+    # SmolLM2's decode 1.7x slower than oneDNN's, in the same float32. auto: oneDNN where it applies (float32 weights
+    # on a CPU, torch built with oneDNN), else torch's own; onednn: the same, refused where it does not apply; aten:
+    # torch's own. Not used by vllm.
+    cpu_linear: Literal["auto", "onednn", "aten"] = "auto"
     # How answers are decoded (evaluate/decoder.py, the one seam every engine sits behind):
     #   compact: mathtune's greedy loop (evaluate/compact.py): prompts prefilled in chunks of similar length, a
     #     preallocated cache read only up to its filled length, finished answers dropped from the batch;
@@ -164,6 +169,8 @@ class EvalConfig(_Strict):
     def _calculator_decodes_greedily(self) -> "EvalConfig":
         if self.calculator and self.decoder in ("vllm", "dynamic"):
             raise ValueError("eval.calculator: needs eval.decoder compact or static (it forces tokens in their loop)")
+        if self.cpu_linear == "onednn" and self.decoder == "vllm":
+            raise ValueError("eval.cpu_linear: onednn is for transformers models on a CPU, not eval.decoder vllm")
         return self
 
     @model_validator(mode="before")

@@ -32,7 +32,7 @@ THROUGHPUT = {
         "eval_tokens_per_s": {"float32": 227.11, "bfloat16": 401.41},
         "eval_source": {
             "float32": "examples/full-study/eval.json (the base model's tokens_per_s, batch 64)",
-            "bfloat16": "bench/results/eval_full_test_split.json (tokens_per_s)",
+            "bfloat16": "bench/results/eval_full_test_split_bf16.json (tokens_per_s)",
         },
     },
 }

@@ -49,6 +49,13 @@ def load_for_eval(cfg, adapter: Path | None, device: str):
             raise MathtuneError(f"{adapter}: does not match model {cfg.model.name} ({first_line(e)})") from None
     if cfg.eval.dtype != "model":
         model = model.to(torch_dtype(cfg.eval.dtype))  # after merging, so the adapter is merged in full precision
+    from mathtune.evaluate.cpu_linear import use_onednn
+
+    if cfg.eval.cpu_linear != "aten" and not use_onednn(model) and cfg.eval.cpu_linear == "onednn":
+        raise MathtuneError(
+            "eval.cpu_linear=onednn: no float32 linear layer on a CPU with oneDNN to run "
+            f"(device {device}, dtype {generation_dtype(cfg)}); use auto or aten"
+        )
     return model.eval()
 
 
