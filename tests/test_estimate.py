@@ -26,11 +26,12 @@ from conftest import ROOT, mathtune_cli
 def test_cpu_figures_are_the_committed_benchmarks():
     cpu = THROUGHPUT["cpu"]
     train = json.loads((ROOT / "bench" / "results" / "train_throughput_cpu.json").read_text())
-    full = json.loads((ROOT / "bench" / "results" / "eval_full_test_split_bf16.json").read_text())
-    study = json.loads((ROOT / "examples" / "full-study" / "eval.json").read_text())["base"]
+    bf16 = json.loads((ROOT / "bench" / "results" / "eval_full_test_split_bf16.json").read_text())
+    fp32 = json.loads((ROOT / "bench" / "results" / "eval_full_test_split.json").read_text())
     assert cpu["train_tokens_per_s"] == train["mathtune_tokens_per_s"]
-    assert full["settings"]["dtype"] == "bfloat16" and cpu["eval_tokens_per_s"]["bfloat16"] == full["tokens_per_s"]
-    assert cpu["eval_tokens_per_s"]["float32"] == study["tokens_per_s"] and study["n"] == 1319
+    assert bf16["settings"]["dtype"] == "bfloat16" and cpu["eval_tokens_per_s"]["bfloat16"] == bf16["tokens_per_s"]
+    assert fp32["settings"]["dtype"] == "float32" and cpu["eval_tokens_per_s"]["float32"] == fp32["tokens_per_s"]
+    assert fp32["n"] == bf16["n"] == 1319
 
 
 def test_generation_is_costed_at_the_rate_of_its_dtype():
