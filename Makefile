@@ -66,7 +66,7 @@ calculator-example: calculator-demo
 	$(call example,runs/calculator,calculator-demo)
 
 # The whole study: every GSM8K train row, all 1,319 test questions (configs/full-cpu.yaml says why each setting).
-# Resumes where it stopped; on 2 CPU cores it takes about 2 h 20 min (README: "The full study").
+# Resumes where it stopped; on 2 CPU cores it took 82 min (an AMD EPYC; README: "The full study").
 full-study: setup
 	$(BIN)/mathtune run --config configs/full-cpu.yaml --out runs/full --resume data.path=$(GSM8K_DIR)
 

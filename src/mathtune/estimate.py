@@ -42,7 +42,7 @@ THROUGHPUT = {
 # Generated tokens / reference answer tokens (each capped at 256 new tokens), over the 1,319 test questions of
 # examples/full-study/predictions (SmolLM2-135M-Instruct, chat protocol): base models write longer answers than
 # GSM8K's (and hit the limit more often); fine-tuning brings them closer. The demo measured 1.62 and 1.33.
-ANSWER_LENGTH = {"base": 1.656, "finetuned": 1.257}
+ANSWER_LENGTH = {"base": 1.656, "finetuned": 1.251}
 ANSWER_LENGTH_SOURCE = "examples/full-study/predictions"
 # Dense bf16 peak FLOP/s and memory bandwidth (bytes/s) of the GPUs in the price table (vendor data sheets).
 GPUS = {
