@@ -75,6 +75,14 @@ def mathtune_eval(gsm8k: str, config: str, out: Path, *extra: str) -> dict:  # e
     return summary
 
 
+RATE_KEYS = ("tokens_per_s", "seconds", "generated_tokens", "peak_rss_gb")  # what a sweep entry keeps of a summary
+
+
+def predictions(path: Path) -> dict:
+    """A predictions file's rows by question id."""
+    return {r["id"]: r for r in map(json.loads, path.open())}
+
+
 def from_run(run: Path, cfg, work: Path) -> dict | None:
     """The base model's summary from a finished run (its predictions copied to work/full.jsonl), or None (with the
     reason printed) when that run's evaluation is not this benchmark's: any model or eval setting that differs from
@@ -113,15 +121,15 @@ def sweep_agreement(work: Path, sizes: list[int]) -> dict:
     """For each pair of swept batch sizes, on how many of the sweep's questions the extracted answers are the same:
     whether a question's greedy answer depends on the batch it is decoded in (float32 on this CPU: no; bfloat16:
     yes, its matrix products round differently with the batch's shape)."""
-    runs = {b: {r["id"]: r["extracted"] for r in map(json.loads, (work / f"sweep-{b}.jsonl").open())} for b in sizes}
+    runs = {b: predictions(work / f"sweep-{b}.jsonl") for b in sizes}
     return {
-        f"{a} vs {b}": sum(runs[a][i] == runs[b][i] for i in runs[a])
+        f"{a} vs {b}": sum(runs[a][i]["extracted"] == runs[b][i]["extracted"] for i in runs[a])
         for n, a in enumerate(sizes)
         for b in sizes[n + 1 :]
     }
 
 
-def compare_linear(args, work: Path, onednn: dict, batch_size: int) -> dict:
+def compare_linear(args, work: Path, onednn: dict, batch_size: int, *overrides: str) -> dict:
     """The sweep's questions at its fastest batch size again, with torch's own float32 linear layers
     (eval.cpu_linear=aten: MKL) instead of oneDNN's (the sweep's, eval.cpu_linear's default on CPU), right after
     the sweep: the speed ratio and how many answers and completions are the same."""
@@ -129,18 +137,16 @@ def compare_linear(args, work: Path, onednn: dict, batch_size: int) -> dict:
         args.gsm8k,
         args.config,
         work / "sweep-aten.jsonl",
-        f"eval.max_new_tokens={args.max_new_tokens}",
-        f"eval.dtype={args.dtype}",
+        *overrides,
         f"eval.limit={args.sweep}",
         f"eval.batch_size={batch_size}",
         "eval.cpu_linear=aten",
     )
-    a = {r["id"]: r for r in map(json.loads, (work / "sweep-aten.jsonl").open())}
-    o = {r["id"]: r for r in map(json.loads, (work / f"sweep-{batch_size}.jsonl").open())}
+    a, o = predictions(work / "sweep-aten.jsonl"), predictions(work / f"sweep-{batch_size}.jsonl")
     return {
         "questions": args.sweep,
         "batch_size": batch_size,
-        "aten": {k: aten[k] for k in ("tokens_per_s", "seconds", "generated_tokens", "peak_rss_gb")},
+        "aten": {k: aten[k] for k in RATE_KEYS},
         "onednn": onednn,
         "ratio": round(aten["seconds"] / onednn["seconds"], 3),
         "same_answers": sum(a[i]["extracted"] == o[i]["extracted"] for i in a),
@@ -153,7 +159,7 @@ def reference(full: dict, path: Path) -> dict | None:
     evaluation by default): accuracy of each, and how many extracted answers are the same."""
     if not path.exists():
         return None
-    ref = {r["id"]: r for r in map(json.loads, path.open())}
+    ref = predictions(path)
     ids = [i for i in full if i in ref]
     return {
         "predictions": os.path.relpath(path, ROOT),
@@ -200,9 +206,9 @@ def main() -> None:
             f"eval.limit={args.sweep}",
             f"eval.batch_size={bs}",
         )
-        sweep[bs] = {k: s[k] for k in ("tokens_per_s", "seconds", "generated_tokens", "peak_rss_gb")}
+        sweep[bs] = {k: s[k] for k in RATE_KEYS}
     best = max(sweep, key=lambda b: sweep[b]["tokens_per_s"])
-    linear = compare_linear(args, work, sweep[best], best) if args.dtype == "float32" else None
+    linear = compare_linear(args, work, sweep[best], best, limit, dtype) if args.dtype == "float32" else None
     overrides = [limit, dtype, f"eval.batch_size={best}", "eval.limit=null"]
     cfg = load_config(args.config, [f"model.name={MODEL}", *overrides])  # what the full run's `mathtune eval` gets
     full = from_run(Path(args.from_run), cfg, work) if args.from_run else None
@@ -225,10 +231,7 @@ def main() -> None:
         "eval.decoder=static",
     )
 
-    def rows(p):
-        return {r["id"]: r for r in map(json.loads, p.open())}
-
-    f, s = rows(work / "full.jsonl"), rows(work / "static.jsonl")
+    f, s = predictions(work / "full.jsonl"), predictions(work / "static.jsonl")
     ids = list(s)
     import torch
 

@@ -51,7 +51,8 @@ def load_for_eval(cfg, adapter: Path | None, device: str):
         model = model.to(torch_dtype(cfg.eval.dtype))  # after merging, so the adapter is merged in full precision
     from mathtune.evaluate.cpu_linear import use_onednn
 
-    if cfg.eval.cpu_linear != "aten" and not use_onednn(model) and cfg.eval.cpu_linear == "onednn":
+    swapped = use_onednn(model) if cfg.eval.cpu_linear != "aten" else 0
+    if cfg.eval.cpu_linear == "onednn" and not swapped:
         raise MathtuneError(
             "eval.cpu_linear=onednn: no float32 linear layer on a CPU with oneDNN to run "
             f"(device {device}, dtype {generation_dtype(cfg)}); use auto or aten"
