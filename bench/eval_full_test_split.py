@@ -30,6 +30,7 @@ from pathlib import Path
 
 from mathtune import memory
 from mathtune.config import generation_dtype, load_config
+from mathtune.io import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -79,8 +80,8 @@ RATE_KEYS = ("tokens_per_s", "seconds", "generated_tokens", "peak_rss_gb")  # wh
 
 
 def predictions(path: Path) -> dict:
-    """A predictions file's rows by question id."""
-    return {r["id"]: r for r in map(json.loads, path.open())}
+    """A predictions file's rows by question id (mathtune's own JSONL reader: a bad line names the file and line)."""
+    return {r["id"]: r for r in read_jsonl(path)}
 
 
 def from_run(run: Path, cfg, work: Path) -> dict | None:
